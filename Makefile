@@ -1,0 +1,33 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both bootstrap .venv with pip.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.fl-sim-installed
+
+.PHONY: demo test venv synth-data bench clean-runs
+
+venv: $(STAMP)
+
+# Re-install only when the project's metadata changes; pip (not uv/poetry) so the local torch wheels are used.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/fl-sim demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+# Regenerating the embedded identities needs the generator's extras (normal users never do this).
+synth-data: $(STAMP)
+	$(BIN)/python -m pip install --quiet 'openvino>=2024.0'
+	$(BIN)/python -m pip install --quiet --no-deps random-face==2021.7.21.1
+	$(BIN)/fl-sim data synth
+
+bench: $(STAMP)
+	$(BIN)/fl-sim bench federation
+
+clean-runs:
+	rm -rf runs .cache/bench-runs

@@ -1,0 +1,1 @@
+"""Local training and defenses: what each user runs on their own photos."""

@@ -1,0 +1,233 @@
+"""The `fl-sim` command line: parses, calls one function, prints."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fl_sim.errors import FlSimError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="fl-sim: how much a curious federated-learning server learns about each user.")
+config_app = typer.Typer(no_args_is_help=True, help="Inspect the run configuration.")
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: embedded identities and loaders.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (numbers go to docs/BENCHMARKS.md).")
+app.add_typer(config_app, name="config")
+app.add_typer(data_app, name="data")
+app.add_typer(bench_app, name="bench")
+
+# Wide consoles: progress lines and tables read badly wrapped at 80 columns in logs.
+out = Console(width=120)
+err = Console(stderr=True, width=120)
+
+RUNS_DIR = typer.Option(Path("runs"), "--runs-dir", help="folder holding run folders")
+CONFIG = typer.Option(None, "--config", help="TOML run config")
+
+
+def _json(obj: Any) -> None:
+    def clean(o: Any) -> Any:
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {k: clean(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [clean(v) for v in o]
+        return o
+
+    sys.stdout.write(json.dumps(clean(obj), indent=2) + "\n")
+
+
+def _fmt(v: Any, nd: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
+
+
+def _run_dir(runs_dir: Path, run: str) -> Path:
+    d = Path(run) if Path(run).is_dir() and (Path(run) / "store.sqlite").exists() else runs_dir / run
+    if not (d / "store.sqlite").exists():
+        raise FlSimError(f"no run {run!r} in {runs_dir} (fl-sim runs lists them)")
+    return d
+
+
+# -- run ---------------------------------------------------------------------------------
+@app.command()
+def run(config: Optional[Path] = CONFIG, set_: Optional[list[str]] = typer.Option(None, "--set", help="key=value override"),
+        runs_dir: Path = RUNS_DIR, as_json: bool = typer.Option(False, "--json", help="print the result as JSON")) -> None:
+    """Run a simulated federation and record it in runs/<run-id>/."""
+    from fl_sim.config import load_config
+    from fl_sim.federation import run_federation
+
+    cfg = load_config(config, set_ or [])
+
+    def progress(rnd: int, rec: dict[str, Any]) -> None:
+        ev = rec["evaluate"]
+        heads = "  ".join(f"{k[4:]} {_fmt(v, 2)}" for k, v in ev.items() if k.startswith("acc_"))
+        err.print(f"round {rnd}/{cfg.rounds}  clients {rec['n_clients']}  train loss {_fmt(rec['train'].get('loss'))}"
+                  f"  held-out acc {_fmt(ev.get('accuracy'))} ({heads})  {rec['seconds']:.1f}s")
+
+    err.print(f"federation: {cfg.users} users, {cfg.rounds} rounds, {cfg.protocol}, task {cfg.task}, "
+              f"model {cfg.model.name}, data {cfg.data.dataset} @ {cfg.data.image_size}px")
+    res = run_federation(cfg, runs_dir, progress)
+    if as_json:
+        _json({"run_id": res.run_id, "run_dir": str(res.run_dir), "status": res.status, "seconds": res.seconds,
+               "error": res.error})
+    else:
+        _print_rounds(res.run_dir)
+        out.print(f"run {res.run_id}: {res.status} in {res.seconds:.1f}s — store {res.run_dir / 'store.sqlite'}")
+    if res.status != "finished":
+        err.print(f"run failed: {res.error}")
+        raise typer.Exit(1)
+
+
+def _print_rounds(run_dir: Path) -> None:
+    from fl_sim.store import RunStore
+
+    st = RunStore(run_dir / "store.sqlite", readonly=True)
+    rounds = st.rounds()
+    st.close()
+    t = Table(title=f"rounds of {run_dir.name}")
+    for c in ("round", "clients", "train loss", "held-out acc", "per head", "seconds"):
+        t.add_column(c)
+    for r in rounds:
+        ev = r["metrics"].get("evaluate", {})
+        heads = " ".join(f"{k[4:]}={_fmt(v, 2)}" for k, v in ev.items() if k.startswith("acc_"))
+        t.add_row(str(r["round"]), str(r["n_clients"]), _fmt(r["train_loss"]), _fmt(r["accuracy"]), heads,
+                  f"{r['seconds']:.1f}")
+    out.print(t)
+    if len(rounds) >= 2 and rounds[0]["accuracy"] is not None and rounds[-1]["accuracy"] is not None:
+        delta = rounds[-1]["accuracy"] - rounds[0]["accuracy"]
+        out.print(f"held-out accuracy round 1 -> {rounds[-1]['round']}: {_fmt(rounds[0]['accuracy'])} -> "
+                  f"{_fmt(rounds[-1]['accuracy'])} ({'+' if delta >= 0 else ''}{delta:.3f})")
+
+
+@app.command()
+def demo(runs_dir: Path = RUNS_DIR) -> None:
+    """Run the embedded default federation and say where to look."""
+    run(config=None, set_=[], runs_dir=runs_dir, as_json=False)
+    out.print("\nwhere to look:")
+    out.print(f"  fl-sim runs --runs-dir {runs_dir}            # every run and its status")
+    out.print(f"  fl-sim export <run-id> --runs-dir {runs_dir} # everything about a run, as JSON")
+    out.print(f"  {runs_dir}/<run-id>/store.sqlite             # the run store (SQLite)")
+
+
+@app.command()
+def runs(runs_dir: Path = RUNS_DIR, as_json: bool = typer.Option(False, "--json")) -> None:
+    """List the runs, newest first, with their status."""
+    from fl_sim.store import list_runs
+
+    rows = list_runs(runs_dir)
+    if as_json:
+        _json(rows)
+        return
+    t = Table(title=f"runs in {runs_dir}")
+    for c in ("run", "status", "rounds", "users", "held-out acc", "seconds"):
+        t.add_column(c)
+    for r in rows:
+        t.add_row(r["id"], str(r.get("status")), f"{r.get('rounds_done', '-')}/{r.get('rounds', '-')}",
+                  str(r.get("users", "-")), _fmt(r.get("accuracy")), _fmt(r.get("seconds"), 1))
+    out.print(t)
+
+
+@app.command()
+def export(run: str, runs_dir: Path = RUNS_DIR, as_json: bool = typer.Option(True, "--json/--no-json")) -> None:
+    """Everything about a run as JSON: run, config, users, rounds, updates, attacks."""
+    from fl_sim.store import RunStore
+
+    st = RunStore(_run_dir(runs_dir, run) / "store.sqlite", readonly=True)
+    try:
+        _json(st.export())
+    finally:
+        st.close()
+
+
+# -- config ------------------------------------------------------------------------------
+@config_app.command("show")
+def config_show(config: Optional[Path] = CONFIG, set_: Optional[list[str]] = typer.Option(None, "--set"),
+                as_json: bool = typer.Option(False, "--json")) -> None:
+    """Print the effective config with every key documented."""
+    from fl_sim.config import load_config, to_dict, to_toml
+
+    cfg = load_config(config, set_ or [])
+    if as_json:
+        _json(to_dict(cfg))
+    else:
+        sys.stdout.write(to_toml(cfg) + "\n")
+
+
+# -- data --------------------------------------------------------------------------------
+@data_app.command("info")
+def data_info(dataset: str = typer.Argument("synthfaces"), size: int = typer.Option(32, "--size"),
+              as_json: bool = typer.Option(False, "--json")) -> None:
+    """Counts and the evaluator's sanity figures on a dataset at a given size."""
+    from fl_sim.data.info import dataset_info
+
+    info = dataset_info(dataset, size)
+    if as_json:
+        _json(info)
+        return
+    t = Table(title=f"{dataset} at {size}x{size}")
+    t.add_column("figure")
+    t.add_column("value")
+    for k, v in info.items():
+        t.add_row(k, _fmt(v) if isinstance(v, float) else str(v))
+    out.print(t)
+
+
+@data_app.command("synth")
+def data_synth(out_dir: Path = typer.Option(None, "--out", help="output folder (default: the embedded assets)"),
+               work_dir: Path = typer.Option(Path(".cache/synth-work"), "--work-dir", help="resumable shards"),
+               seed: int = typer.Option(20261122, "--seed"), users: int = typer.Option(100, "--users"),
+               photos_per_user: int = typer.Option(80, "--photos-per-user"),
+               prior_identities: int = typer.Option(5000, "--prior-identities"),
+               photos_per_prior_identity: int = typer.Option(2, "--photos-per-prior-identity")) -> None:
+    """Generate the synthetic identities (MobileStyleGAN); normal users never need this."""
+    from fl_sim.data.synth import SynthSpec, generate
+    from fl_sim.data.synthfaces import ASSET_DIR
+
+    spec = SynthSpec(seed=seed, users=users, photos_per_user=photos_per_user, prior_identities=prior_identities,
+                     photos_per_prior_identity=photos_per_prior_identity)
+    target = out_dir or ASSET_DIR
+
+    def progress(split: str, i: int, n: int) -> None:
+        if i % 25 == 0 or i == n:
+            err.print(f"{split}: {i}/{n} identities")
+
+    manifest = generate(spec, target, work_dir, progress)
+    out.print(f"wrote {target} ({manifest['counts']}) in {manifest['seconds']:.0f}s")
+
+
+# -- bench -------------------------------------------------------------------------------
+@bench_app.command("federation")
+def bench_federation(as_json: bool = typer.Option(False, "--json"), rounds: int = typer.Option(3, "--rounds"),
+                     set_: Optional[list[str]] = typer.Option(None, "--set"),
+                     runs_dir: Path = typer.Option(Path(".cache/bench-runs"), "--runs-dir")) -> None:
+    """Round wall time of the Flower/Ray simulation vs the same training in a plain loop."""
+    from fl_sim.bench import bench_federation as bench
+
+    res = bench(set_ or [], rounds=rounds, runs_dir=runs_dir)
+    if as_json:
+        _json(res)
+    else:
+        for k, v in res.items():
+            out.print(f"{k}: {_fmt(v) if isinstance(v, float) else v}")
+
+
+def main() -> None:
+    """Entry point: user errors are one line on stderr and exit code 2, never a traceback."""
+    try:
+        app(standalone_mode=True)
+    except FlSimError as exc:
+        err.print(f"fl-sim: error: {exc}", markup=False, highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

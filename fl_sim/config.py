@@ -1,0 +1,259 @@
+"""The one typed run configuration: TOML file + `--set key=value` overrides, validated at the door."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from fl_sim.errors import ConfigError
+
+
+def doc(text: str, **extra: Any) -> dict[str, Any]:
+    """Field metadata: the documentation `fl-sim config show` prints, plus optional bounds."""
+    return {"doc": text, **extra}
+
+
+def _f(default: Any, text: str, **extra: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=doc(text, **extra))
+    return field(default=default, metadata=doc(text, **extra))
+
+
+@dataclass
+class DataConfig:
+    """Where the users' photos come from."""
+
+    dataset: str = _f("synthfaces", "dataset spec: synthfaces | folder:PATH | celeba:PATH | lfw:PATH | hf:NAME[:ID_COLUMN]")
+    image_size: int = _f(32, "side of the square images fed to the model (pixels)", min=8, max=256)
+    photos_per_user: int = _f(32, "training photos each user holds (their local batch)", min=1)
+    holdout_per_user: int = _f(8, "held-out photos per user, for utility (accuracy) only", min=1)
+    min_photos_per_user: int = _f(0, "skip users with fewer photos than this (0: photos_per_user + holdout_per_user)", min=0)
+
+
+@dataclass
+class ModelConfig:
+    """The shared model."""
+
+    name: str = _f("convnet", "model: convnet (GroupNorm) | resnet (GroupNorm) | mlp (fully connected first layer)",
+                   choices=("convnet", "resnet", "mlp"))
+    width: int = _f(32, "channels (convnet, resnet) or hidden units / 8 (mlp)", min=1, max=1024)
+
+
+@dataclass
+class SimulationConfig:
+    """Flower Simulation Engine (Ray backend) settings."""
+
+    client_cpus: float = _f(1.0, "CPUs reserved per client actor", min=0.0)
+    client_gpus: float = _f(0.0, "GPUs (fraction) reserved per client actor", min=0.0)
+    torch_threads: int = _f(1, "torch intra-op threads inside each client actor", min=1)
+    ray_num_cpus: int = _f(0, "CPUs Ray may use (0: all of this machine's)", min=0)
+
+
+@dataclass
+class RunConfig:
+    """A federation: who takes part, what they train, how the server aggregates."""
+
+    seed: int = _f(0, "seed for user sampling, model init and local shuffling", min=0)
+    users: int = _f(8, "number of users (one Flower client each)", min=1)
+    rounds: int = _f(3, "federated rounds", min=1)
+    protocol: str = _f("fedavg", "fedsgd: one full-batch gradient step | fedavg: local epochs of mini-batch SGD",
+                       choices=("fedsgd", "fedavg"))
+    task: str = _f("attributes", "attributes: gender + age-band heads | identity: one class per user",
+                   choices=("attributes", "identity"))
+    lr: float = _f(0.05, "client learning rate (eta)", min_exclusive=0.0)
+    local_epochs: int = _f(1, "FedAvg: local epochs per round", min=1)
+    local_batch_size: int = _f(8, "FedAvg: mini-batch size of local SGD", min=1)
+    clients_per_round: float = _f(1.0, "clients per round: a fraction in (0, 1] or a count > 1", min_exclusive=0.0)
+    data: DataConfig = field(default_factory=DataConfig, metadata=doc("dataset"))
+    model: ModelConfig = field(default_factory=ModelConfig, metadata=doc("model"))
+    simulation: SimulationConfig = field(default_factory=SimulationConfig, metadata=doc("simulation engine"))
+
+    def clients_in_round(self) -> int:
+        """How many clients each round samples."""
+        if self.clients_per_round <= 1.0:
+            return max(1, int(round(self.users * self.clients_per_round)))
+        return int(self.clients_per_round)
+
+    def round_users(self, users: list[str], server_round: int) -> list[str]:
+        """The users trained in ``server_round``: a function of (seed, round) over user names.
+
+        Sampling names rather than Flower's random node ids keeps two runs with one seed alike.
+        """
+        pool = sorted(users)
+        n = self.clients_in_round()
+        if n >= len(pool):
+            return pool
+        return sorted(random.Random(f"{self.seed}:{server_round}").sample(pool, n))
+
+
+def _is_section(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _base_type(tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0]
+    return tp
+
+
+def _coerce(key: str, tp: Any, value: Any) -> Any:
+    """Value of the declared type, from a TOML value or a --set string."""
+    tp = _base_type(tp)
+    if isinstance(value, str) and tp is not str:
+        text = value.strip()
+        try:
+            if tp is bool:
+                if text.lower() in ("true", "1", "yes", "on"):
+                    return True
+                if text.lower() in ("false", "0", "no", "off"):
+                    return False
+                raise ValueError
+            if tp is int:
+                return int(text)
+            if tp is float:
+                return float(text)
+            if typing.get_origin(tp) is list:
+                (inner,) = typing.get_args(tp)
+                return [_coerce(key, inner, v) for v in text.split(",") if v.strip()] if text else []
+        except ValueError:
+            raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}") from None
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typing.get_origin(tp) is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        (inner,) = typing.get_args(tp)
+        return [_coerce(key, inner, v) for v in value]
+    if tp in (int, float, str, bool) and (type(value) is not tp):
+        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _check(key: str, meta: dict[str, Any], value: Any) -> None:
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(meta['choices'])}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if "min" in meta and value < meta["min"]:
+            raise ConfigError(f"config key '{key}': must be >= {meta['min']}, got {value}")
+        if "max" in meta and value > meta["max"]:
+            raise ConfigError(f"config key '{key}': must be <= {meta['max']}, got {value}")
+        if "min_exclusive" in meta and value <= meta["min_exclusive"]:
+            raise ConfigError(f"config key '{key}': must be > {meta['min_exclusive']}, got {value}")
+
+
+def _apply(obj: Any, values: dict[str, Any], prefix: str) -> None:
+    hints = get_type_hints(type(obj))
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    for name, value in values.items():
+        key = f"{prefix}{name}"
+        if name not in fields:
+            raise ConfigError(f"unknown config key '{key}' (fl-sim config show lists them)")
+        tp = hints[name]
+        if _is_section(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{key}' is a section; set its keys, e.g. '{key}.{dataclasses.fields(tp)[0].name}'")
+            _apply(getattr(obj, name), value, f"{key}.")
+        else:
+            coerced = _coerce(key, tp, value)
+            _check(key, dict(fields[name].metadata), coerced)
+            setattr(obj, name, coerced)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`a.b=v` strings -> nested dict of raw string values."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        parts = key.strip().split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"config key '{key}' conflicts with another --set")
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(path: Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Defaults, then the TOML file, then the overrides; every value checked."""
+    cfg = RunConfig()
+    if path is not None:
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+        _apply(cfg, data, "")
+    _apply(cfg, parse_overrides(overrides or []), "")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    """Checks that involve more than one key."""
+    if cfg.clients_per_round > 1.0 and cfg.clients_per_round != int(cfg.clients_per_round):
+        raise ConfigError(f"config key 'clients_per_round': a count must be whole, got {cfg.clients_per_round}")
+    if cfg.clients_in_round() > cfg.users:
+        raise ConfigError(f"config key 'clients_per_round': {cfg.clients_in_round()} clients per round but only {cfg.users} users")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    cfg = RunConfig()
+    _apply(cfg, data, "")
+    return cfg
+
+
+def to_toml(cfg: Any, prefix: str = "") -> str:
+    """TOML text of a config, each key preceded by its documentation."""
+    scalars, sections = [], []
+    hints = get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if _is_section(hints[f.name]):
+            sections.append(f"\n[{prefix}{f.name}]\n" + to_toml(value, f"{prefix}{f.name}."))
+        else:
+            scalars.append(f"# {f.metadata.get('doc', '')}\n{f.name} = {_toml_value(value)}")
+    return "\n".join(scalars) + "".join(sections)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return repr(v)
+
+
+def documented_keys(cfg: Any | None = None, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(dotted key, value, doc) for every leaf key."""
+    cfg = cfg if cfg is not None else RunConfig()
+    out = []
+    hints = get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if _is_section(hints[f.name]):
+            out.extend(documented_keys(value, f"{prefix}{f.name}."))
+        else:
+            out.append((f"{prefix}{f.name}", value, f.metadata.get("doc", "")))
+    return out

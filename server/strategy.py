@@ -1,0 +1,117 @@
+"""Server strategies: seeded client sampling, and a wrapper that records every reply before aggregation."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, Strategy
+
+
+class SeededFedAvg(FedAvg):
+    """FedAvg whose per-round client sample is a function of (seed, round) over users, not node ids.
+
+    Flower's own sampler draws from random node ids, so two runs with one seed would train
+    different users; sampling users by name keeps runs repeatable.
+    """
+
+    def __init__(self, *, node_of_user: dict[str, int], sample: Callable[[list[str], int], list[str]],
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.node_of_user = node_of_user
+        self.sample = sample
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        config["server-round"] = server_round
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        nodes = [self.node_of_user[u] for u in self.sample(list(self.node_of_user), server_round)]
+        return self._construct_messages(record, nodes, MessageType.TRAIN)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        # Utility is every user's held-out accuracy, so evaluation asks all of them.
+        config["server-round"] = server_round
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return self._construct_messages(record, [self.node_of_user[u] for u in sorted(self.node_of_user)],
+                                        MessageType.EVALUATE)
+
+
+def update_norms(before: dict[str, np.ndarray], after: dict[str, np.ndarray]) -> tuple[float, dict[str, float]]:
+    """L2 norm of (before - after), overall and per layer."""
+    per = {k: float(np.linalg.norm((before[k] - after[k]).ravel())) for k in before}
+    return float(np.sqrt(sum(v * v for v in per.values()))), per
+
+
+class RecordingStrategy(Strategy):
+    """Wraps any strategy; records each client reply and each round's utility, changes nothing.
+
+    ``on_update(round, user, node_id, global_arrays, reply)`` and ``on_round(round, record)``
+    are the hooks the run store (and the curious server) attach to.
+    """
+
+    def __init__(self, inner: Strategy, *, user_of_node: dict[int, str],
+                 on_update: Callable[[int, str | None, int, dict[str, np.ndarray], Message], None],
+                 on_round: Callable[[int, dict[str, Any]], None]) -> None:
+        self.inner = inner
+        self.user_of_node = user_of_node
+        self.on_update = on_update
+        self.on_round = on_round
+        self._global: dict[str, np.ndarray] = {}
+        self._round_start = 0.0
+        self._train_metrics: dict[str, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        # Anything the wrapper does not define (weighted_by_key, ...) is the inner strategy's.
+        return getattr(self.__dict__["inner"], name)
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self._round_start = time.time()
+        self._global = {k: v.numpy() for k, v in arrays.items()}
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        failed = [m for m in replies if m.has_error()]
+        if failed:
+            # A client that crashes is a bug in the experiment, not a straggler: stop the run loudly.
+            m = failed[0]
+            user = self.user_of_node.get(m.metadata.src_node_id, m.metadata.src_node_id)
+            raise RuntimeError(f"client of user {user} failed in round {server_round}: "
+                               f"{m.error.reason.strip().splitlines()[-1] if m.error.reason else 'no reason given'}")
+        for msg in replies:
+            if not msg.has_error():
+                node = msg.metadata.src_node_id
+                self.on_update(server_round, self.user_of_node.get(node), node, self._global, msg)
+        arrays, metrics = self.inner.aggregate_train(server_round, replies)
+        self._train_metrics = dict(metrics) if metrics is not None else {}
+        self._n_clients = sum(1 for m in replies if not m.has_error())
+        return arrays, metrics
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        replies = list(replies)
+        metrics = self.inner.aggregate_evaluate(server_round, replies)
+        per_user = {}
+        for msg in replies:
+            if not msg.has_error():
+                m = dict(msg.content["metrics"])
+                per_user[self.user_of_node.get(msg.metadata.src_node_id, str(msg.metadata.src_node_id))] = m.get("accuracy")
+        self.on_round(server_round, {
+            "started": self._round_start, "seconds": time.time() - self._round_start,
+            "n_clients": getattr(self, "_n_clients", 0), "train": self._train_metrics,
+            "evaluate": dict(metrics) if metrics is not None else {}, "per_user_accuracy": per_user,
+        })
+        return metrics
