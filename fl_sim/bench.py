@@ -13,10 +13,11 @@ import torch
 from fl_sim.config import RunConfig, load_config
 
 
-def plain_rounds(cfg: RunConfig) -> list[float]:
-    """Per-round seconds of the same federation written as a plain loop (no Flower, no Ray).
+def plain_federation(cfg: RunConfig) -> tuple[torch.nn.Module, list[float]]:
+    """The same federation written as a plain loop (no Flower, no Ray): final model, seconds per round.
 
-    Same users, same local training and evaluation, same aggregation (example-weighted mean).
+    Same users, same local training and evaluation, same aggregation (example-weighted mean), so
+    its final model is the reference the Flower run must reproduce.
     """
     from clients.app import local_seed, user_batch
     from clients.training import evaluate, local_train
@@ -47,7 +48,7 @@ def plain_rounds(cfg: RunConfig) -> list[float]:
             data, _, yh = user_batch(cfg, u, heads)
             evaluate(model, data.holdout, yh, heads)
         times.append(time.time() - t0)
-    return times
+    return model, times
 
 
 def bench_federation(overrides: list[str], *, rounds: int, runs_dir: Path) -> dict[str, Any]:
@@ -64,7 +65,7 @@ def bench_federation(overrides: list[str], *, rounds: int, runs_dir: Path) -> di
     st = RunStore(res.run_dir / "store.sqlite", readonly=True)
     flower = [r["seconds"] for r in st.rounds()]
     st.close()
-    plain = plain_rounds(cfg)
+    _, plain = plain_federation(cfg)
     steady = lambda xs: statistics.mean(xs[1:]) if len(xs) > 1 else xs[0]  # noqa: E731
     return {
         "config": {"users": cfg.users, "rounds": cfg.rounds, "protocol": cfg.protocol, "model": cfg.model.name,

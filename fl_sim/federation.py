@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fl_sim.config import RunConfig, to_dict, to_toml
-from fl_sim.data import UserData, open_dataset, select_users
+from fl_sim.data import UserRecord, choose_users, open_dataset
 from fl_sim.errors import FlSimError
 from fl_sim.store import FAILED, FINISHED, RunStore
 
@@ -29,11 +28,11 @@ class RunResult:
     error: str | None = None
 
 
-def prepare_users(cfg: RunConfig) -> list[UserData]:
+def prepare_users(cfg: RunConfig) -> list[UserRecord]:
     """Open the dataset and pick the users; every data error surfaces here, before any folder exists."""
     d = cfg.data
-    return select_users(open_dataset(d.dataset), n_users=cfg.users, photos_per_user=d.photos_per_user,
-                        holdout_per_user=d.holdout_per_user, min_photos=d.min_photos_per_user, size=d.image_size)
+    return choose_users(open_dataset(d.dataset), n_users=cfg.users,
+                        need=max(d.min_photos_per_user, d.photos_per_user + d.holdout_per_user))
 
 
 def new_run_dir(runs_dir: Path) -> tuple[str, Path]:
@@ -60,6 +59,22 @@ def backend_config(cfg: RunConfig) -> dict[str, Any]:
             "init_args": init}
 
 
+def init_run(cfg: RunConfig, runs_dir: Path) -> tuple[list[str], str, Path]:
+    """Validate the users, then create the run folder, its store and config snapshot."""
+    users = prepare_users(cfg)
+    run_id, run_dir = new_run_dir(runs_dir)
+    store = RunStore(run_dir / "store.sqlite")
+    try:
+        store.create_run(run_id, to_dict(cfg))
+        (run_dir / "config.toml").write_text(to_toml(cfg) + "\n")
+        for pid, u in enumerate(users):
+            store.add_user(u.user, pid, cfg.data.dataset, u.attributes, cfg.data.photos_per_user,
+                           cfg.data.holdout_per_user)
+    finally:
+        store.close()
+    return [u.user for u in users], run_id, run_dir
+
+
 def run_federation(cfg: RunConfig, runs_dir: Path,
                    progress: Callable[[int, dict[str, Any]], None] | None = None) -> RunResult:
     """Run one federation to the end; the run folder is either completed or marked failed."""
@@ -68,18 +83,12 @@ def run_federation(cfg: RunConfig, runs_dir: Path,
     from clients.app import make_client_app
     from server.app import make_server_app
 
-    users = prepare_users(cfg)
-    run_id, run_dir = new_run_dir(runs_dir)
+    ids, run_id, run_dir = init_run(cfg, runs_dir)
     store = RunStore(run_dir / "store.sqlite")
     t0 = time.time()
     try:
-        store.create_run(run_id, to_dict(cfg))
-        (run_dir / "config.toml").write_text(to_toml(cfg) + "\n")
-        for pid, u in enumerate(users):
-            store.add_user(u.user, pid, cfg.data.dataset, u.attributes, len(u.train), len(u.holdout))
         quiet_flower()
         os.environ["FLWR_HOME"] = str(run_dir / "flwr_home")
-        ids = [u.user for u in users]
         outcome: dict[str, Any] = {}
         run_simulation(server_app=make_server_app(cfg, ids, run_dir, progress, outcome),
                        client_app=make_client_app(cfg, ids), num_supernodes=len(ids),
@@ -96,4 +105,3 @@ def run_federation(cfg: RunConfig, runs_dir: Path,
         return RunResult(run_id, run_dir, FAILED, time.time() - t0, msg)
     finally:
         store.close()
-        shutil.rmtree(run_dir / "flwr_home", ignore_errors=True)

@@ -46,47 +46,54 @@ def make_server_app(cfg: RunConfig, users: list[str], run_dir: Path,
     completed run from one whose server loop raised inside Flower.
     """
     app = ServerApp()
-    heads = task_heads(cfg.task, users)
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        store = RunStore(run_dir / "store.sqlite")
-        try:
-            user_of_node = discover_users(grid, len(users))
-            for node, user in user_of_node.items():
-                store.set_node(user, node)
-            model = build_model(cfg.model.name, heads, cfg.data.image_size, cfg.model.width, cfg.seed)
-
-            def on_update(rnd: int, user: str | None, node: int, before: dict[str, np.ndarray], reply: Message) -> None:
-                after = {k: v.numpy() for k, v in reply.content["arrays"].items()}
-                norm, per_layer = update_norms(before, after)
-                m = dict(reply.content["metrics"])
-                store.add_update(rnd=rnd, user=user, node_id=node, num_examples=int(m["num-examples"]),
-                                 local_steps=int(m["local-steps"]), lr=float(m["lr"]), loss=float(m["loss"]),
-                                 protocol=cfg.protocol, update_norm=norm, layer_norms=per_layer, metrics=m)
-
-            def on_round(rnd: int, rec: dict[str, Any]) -> None:
-                ev = rec["evaluate"]
-                store.add_round(rnd, rec["started"], rec["seconds"], rec["n_clients"], rec["train"].get("loss"),
-                                ev.get("accuracy"), {"train": rec["train"], "evaluate": ev,
-                                                     "per_user_accuracy": rec["per_user_accuracy"]})
-                if progress:
-                    progress(rnd, rec)
-
-            inner = SeededFedAvg(node_of_user={u: n for n, u in user_of_node.items()}, sample=cfg.round_users,
-                                 min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=len(users))
-            strategy = RecordingStrategy(inner, user_of_node=user_of_node, on_update=on_update, on_round=on_round)
-            result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=cfg.rounds,
-                                    train_config=ConfigRecord({"lr": cfg.lr}))
-            final = result.arrays.to_torch_state_dict()
-            torch.save(final, run_dir / "final_model.pt")
-            if outcome is not None:
-                outcome["final_arrays"] = final
-        except BaseException as exc:  # recorded for the caller: Flower only logs server errors
-            if outcome is not None:
-                outcome["error"] = f"{exc.__class__.__name__}: {exc}"
-            raise
-        finally:
-            store.close()
+        serve(grid, cfg, users, run_dir, progress, outcome)
 
     return app
+
+
+def serve(grid: Grid, cfg: RunConfig, users: list[str], run_dir: Path,
+          progress: Callable[[int, dict[str, Any]], None] | None = None,
+          outcome: dict[str, Any] | None = None) -> None:
+    """The server's whole run: discover users, build the strategy, run the rounds, record them."""
+    heads = task_heads(cfg.task, users)
+    store = RunStore(run_dir / "store.sqlite")
+    try:
+        user_of_node = discover_users(grid, len(users))
+        for node, user in user_of_node.items():
+            store.set_node(user, node)
+        model = build_model(cfg.model.name, heads, cfg.data.image_size, cfg.model.width, cfg.seed)
+
+        def on_update(rnd: int, user: str | None, node: int, before: dict[str, np.ndarray], reply: Message) -> None:
+            after = {k: v.numpy() for k, v in reply.content["arrays"].items()}
+            norm, per_layer = update_norms(before, after)
+            m = dict(reply.content["metrics"])
+            store.add_update(rnd=rnd, user=user, node_id=node, num_examples=int(m["num-examples"]),
+                             local_steps=int(m["local-steps"]), lr=float(m["lr"]), loss=float(m["loss"]),
+                             protocol=cfg.protocol, update_norm=norm, layer_norms=per_layer, metrics=m)
+
+        def on_round(rnd: int, rec: dict[str, Any]) -> None:
+            ev = rec["evaluate"]
+            store.add_round(rnd, rec["started"], rec["seconds"], rec["n_clients"], rec["train"].get("loss"),
+                            ev.get("accuracy"), {"train": rec["train"], "evaluate": ev,
+                                                 "per_user_accuracy": rec["per_user_accuracy"]})
+            if progress:
+                progress(rnd, rec)
+
+        inner = SeededFedAvg(node_of_user={u: n for n, u in user_of_node.items()}, sample=cfg.round_users,
+                             min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=len(users))
+        strategy = RecordingStrategy(inner, user_of_node=user_of_node, on_update=on_update, on_round=on_round)
+        result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=cfg.rounds,
+                                train_config=ConfigRecord({"lr": cfg.lr}))
+        final = result.arrays.to_torch_state_dict()
+        torch.save(final, run_dir / "final_model.pt")
+        if outcome is not None:
+            outcome["final_arrays"] = final
+    except BaseException as exc:  # recorded for the caller: Flower only logs server errors
+        if outcome is not None:
+            outcome["error"] = f"{exc.__class__.__name__}: {exc}"
+        raise
+    finally:
+        store.close()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-from fl_sim.data.base import FaceDataset, UserData, UserRecord, select_users
+from fl_sim.data.base import FaceDataset, UserData, UserRecord, choose_users, select_users
 from fl_sim.errors import DataError
 
-__all__ = ["FaceDataset", "UserData", "UserRecord", "open_dataset", "register_dataset", "select_users", "DATASETS"]
+__all__ = ["FaceDataset", "UserData", "UserRecord", "open_dataset", "register_dataset", "select_users", "choose_users", "DATASETS"]
 
 # name -> factory(argument after the colon, or None)
 DATASETS: dict[str, Callable[[str | None], FaceDataset]] = {}

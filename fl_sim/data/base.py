@@ -99,10 +99,8 @@ def stack_same_size(images: list[np.ndarray], where: str) -> np.ndarray:
     return np.stack(out)
 
 
-def select_users(dataset: FaceDataset, *, n_users: int, photos_per_user: int, holdout_per_user: int,
-                 min_photos: int, size: int) -> list[UserData]:
-    """The first ``n_users`` identities with enough photos, split into train and held-out photos."""
-    need = max(min_photos, photos_per_user + holdout_per_user)
+def choose_users(dataset: FaceDataset, *, n_users: int, need: int) -> list[UserRecord]:
+    """The first ``n_users`` identities with at least ``need`` photos (others skipped with a warning)."""
     chosen, skipped = [], []
     for rec in dataset.users():
         if rec.n_photos < need:
@@ -116,8 +114,15 @@ def select_users(dataset: FaceDataset, *, n_users: int, photos_per_user: int, ho
     if len(chosen) < n_users:
         raise DataError(f"dataset {dataset.spec} has {len(chosen)} users with >= {need} photos, "
                         f"{n_users} requested (config key 'users')")
+    return chosen
+
+
+def select_users(dataset: FaceDataset, *, n_users: int, photos_per_user: int, holdout_per_user: int,
+                 min_photos: int, size: int) -> list[UserData]:
+    """The first ``n_users`` identities with enough photos, split into train and held-out photos."""
+    need = max(min_photos, photos_per_user + holdout_per_user)
     out = []
-    for rec in chosen:
+    for rec in choose_users(dataset, n_users=n_users, need=need):
         imgs = dataset.photos(rec.user, size)
         out.append(UserData(user=rec.user, train=imgs[:photos_per_user],
                             holdout=imgs[photos_per_user:photos_per_user + holdout_per_user],

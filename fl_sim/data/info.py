@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import numpy as np
+import torch
 
 from fl_sim.data import open_dataset
 from fl_sim.data.base import to_tensor
@@ -65,6 +66,7 @@ def dataset_info(spec: str, size: int) -> dict[str, Any]:
         "prior_images": 0, "identities_disjoint": None,
         "evaluator": "sface",
         **identity_separation(emb, owner),
+        "mtcnn_detection_rate": _detection_rate(images, owner),
         "load_seconds": round(load_s, 2),
     }
     if spec.split(":")[0] == "synthfaces":
@@ -104,3 +106,11 @@ def _attribute_counts(users: list) -> dict[str, dict[str, int]]:
             out.setdefault(k, {})
             out[k][str(v)] = out[k].get(str(v), 0) + 1
     return out
+
+
+def _detection_rate(images: torch.Tensor, owner: np.ndarray, per_user: int = 1) -> float:
+    """MTCNN's detection rate on the first ``per_user`` photos of each identity (a sanity figure)."""
+    from fl_sim.evaluators.face import MtcnnDetector
+
+    first = np.concatenate([np.flatnonzero(owner == u)[:per_user] for u in np.unique(owner)])
+    return MtcnnDetector().detection_rate(images[first])

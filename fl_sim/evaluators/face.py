@@ -158,3 +158,74 @@ def sface() -> SFaceEmbedder:
 def age_gender() -> AgeGenderClassifier:
     """Process-wide age/gender classifier."""
     return AgeGenderClassifier()
+
+
+class MtcnnDetector:
+    """MTCNN (facenet-pytorch, weights shipped in the wheel): does a face detector find a face?"""
+
+    def __init__(self) -> None:
+        from facenet_pytorch import MTCNN
+
+        self._mtcnn = MTCNN(keep_all=False, device="cpu", min_face_size=12)
+
+    def detection_rate(self, images: torch.Tensor | np.ndarray) -> float:
+        """Share of images in which MTCNN finds a face (images smaller than 24 px are upscaled)."""
+        from PIL import Image
+
+        arr = images if (isinstance(images, np.ndarray) and images.dtype == np.uint8) else to_uint8_hwc(images)
+        side = max(arr.shape[1], 48)  # MTCNN's pyramid needs some pixels to work with
+        pil = [Image.fromarray(a).resize((side, side), Image.BICUBIC) for a in arr]
+        boxes, _ = self._mtcnn.detect(pil)
+        return float(np.mean([b is not None for b in boxes])) if len(pil) else float("nan")
+
+
+class FaceNetEmbedder:
+    """FaceNet InceptionResnetV1 (VGGFace2) with MTCNN alignment, when its weights are on disk.
+
+    facenet-pytorch downloads the weights from GitHub at run time, which fails offline, so fl-sim
+    looks for them in the torch hub cache (or an explicit path) and says so in one line if absent.
+    """
+
+    name = "facenet"
+    WEIGHTS = "20180402-114759-vggface2.pt"
+
+    def __init__(self, weights: str | Path | None = None) -> None:
+        from facenet_pytorch import MTCNN, InceptionResnetV1
+
+        path = Path(weights) if weights else Path(torch.hub.get_dir()) / "checkpoints" / self.WEIGHTS
+        if not path.exists():
+            raise FlSimError(f"FaceNet weights not found at {path} (offline: use the sface evaluator, "
+                             "or download them once with network access)")
+        self._net = InceptionResnetV1(pretrained=None, classify=False).eval()
+        state = torch.load(path, map_location="cpu")
+        self._net.load_state_dict({k: v for k, v in state.items() if not k.startswith("logits")}, strict=False)
+        self._mtcnn = MTCNN(image_size=160, margin=14, device="cpu")
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor | np.ndarray, batch_size: int = 64) -> np.ndarray:
+        from PIL import Image
+
+        arr = images if (isinstance(images, np.ndarray) and images.dtype == np.uint8) else to_uint8_hwc(images)
+        faces = []
+        for a in arr:
+            pil = Image.fromarray(a).resize((160, 160), Image.BICUBIC)
+            crop = self._mtcnn(pil)
+            if crop is None:  # no face found: embed the whole frame rather than drop the row
+                crop = (torch.from_numpy(np.asarray(pil)).permute(2, 0, 1).float() - 127.5) / 128.0
+            faces.append(crop)
+        emb = torch.cat([self._net(torch.stack(faces[i:i + batch_size])) for i in range(0, len(faces), batch_size)])
+        return torch.nn.functional.normalize(emb, dim=1).numpy()
+
+
+def identity_embedder(name: str = "sface", *, fallback: bool = False) -> SFaceEmbedder | FaceNetEmbedder:
+    """The identity evaluator by name; FaceNet falls back to SFace only when asked to."""
+    if name == "sface":
+        return sface()
+    if name == "facenet":
+        try:
+            return FaceNetEmbedder()
+        except FlSimError:
+            if fallback:
+                return sface()
+            raise
+    raise FlSimError(f"unknown face evaluator {name!r} (sface | facenet)")
