@@ -19,6 +19,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the run configuration.")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: embedded identities and loaders.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (numbers go to docs/BENCHMARKS.md).")
+prior_app = typer.Typer(no_args_is_help=True, help="Diffusion priors: train, sample, evaluate.")
+app.add_typer(prior_app, name="prior")
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
@@ -204,6 +206,92 @@ def data_synth(out_dir: Path = typer.Option(None, "--out", help="output folder (
     out.print(f"wrote {target} ({manifest['counts']}) in {manifest['seconds']:.0f}s")
 
 
+# -- prior -------------------------------------------------------------------------------
+PRIOR = typer.Option("faces32", "--prior", help="faces32 (embedded) | a diffusers folder | a hub id")
+
+
+def _load_prior(spec: str):  # noqa: ANN202 - attacks.priors imported lazily (torch start-up)
+    from attacks.priors import PriorError, load_prior
+
+    try:
+        return load_prior(spec)
+    except PriorError as exc:
+        raise FlSimError(str(exc)) from None
+
+
+@prior_app.command("train")
+def prior_train(data: str = typer.Option("synthfaces:prior", "--data"), size: int = typer.Option(32, "--size"),
+                steps: int = typer.Option(20000, "--steps"), batch_size: int = typer.Option(32, "--batch-size"),
+                out_dir: Path = typer.Option(Path(".cache/prior-train"), "--out"),
+                resume: bool = typer.Option(False, "--resume", help="continue from OUT/checkpoint.pt"),
+                checkpoint_every: int = typer.Option(1000, "--checkpoint-every"),
+                max_minutes: float = typer.Option(0.0, "--max-minutes", help="stop (and checkpoint) after this long")) -> None:
+    """Train a DDPM prior on a prior split (never the users), resumable; writes diffusers format."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from fl_sim.prior_train import PriorTrainSpec, train_prior
+
+    spec = PriorTrainSpec(data=data, size=size, steps=steps, batch_size=batch_size, checkpoint_every=checkpoint_every)
+    with Progress(TextColumn("prior"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.4f}"),
+                  TimeRemainingColumn(), console=err) as bar:
+        task = bar.add_task("train", total=steps, loss=float("nan"))
+
+        def progress(step: int, loss: float, seconds: float) -> None:
+            bar.update(task, completed=step, loss=loss)
+
+        info = train_prior(spec, out_dir, resume=resume, progress=progress,
+                           max_seconds=max_minutes * 60 if max_minutes > 0 else None)
+    out.print(f"prior at {out_dir}: {info['steps']} steps, {info['seconds'] / 60:.1f} min; samples {out_dir / 'samples.png'}")
+
+
+@prior_app.command("sample")
+def prior_sample(prior: str = PRIOR, n: int = typer.Option(64, "--n"), steps: int = typer.Option(50, "--steps"),
+                 seed: int = typer.Option(0, "--seed"), out_path: Path = typer.Option(Path("prior_samples.png"), "--out")) -> None:
+    """Write a grid of samples from a prior."""
+    import torch
+
+    from fl_sim.prior_train import save_grid
+
+    p = _load_prior(prior)
+    save_grid(p.sample(n, steps=steps, generator=torch.Generator().manual_seed(seed)), out_path)
+    out.print(f"wrote {out_path}")
+
+
+@prior_app.command("eval")
+def prior_eval(prior: str = PRIOR, images: int = typer.Option(100, "--images"),
+               as_json: bool = typer.Option(False, "--json"), memo: bool = typer.Option(True, "--memorization/--no-memorization")) -> None:
+    """The prior as a denoiser on held-out user photos vs a tuned Gaussian filter, plus memorisation."""
+    import time
+
+    import numpy as np
+
+    from fl_sim.data.base import to_tensor
+    from fl_sim.data.synthfaces import open_synthfaces
+    from fl_sim.prior_eval import evaluate_prior, heldout_images, memorization
+
+    t0 = time.time()
+    p = _load_prior(prior)
+    res = evaluate_prior(p, heldout_images(p.size, images))
+    res["load_seconds"] = round(time.time() - t0, 2)
+    if memo:
+        ds = open_synthfaces("prior")
+        train = to_tensor(np.stack([ds.photos_uint8(u.user)[0] for u in ds.users()[:2000]]), p.size)
+        res["memorization"] = memorization(p, train)
+    res["prior"] = prior
+    if as_json:
+        _json(res)
+        return
+    t = Table(title=f"prior {prior} as a denoiser ({res['images']} held-out user photos)")
+    for c in ("sigma", "t", "noisy", "gaussian (tuned)", "prior x0", "prior DDIM"):
+        t.add_column(c)
+    for r in res["levels"]:
+        t.add_row(str(r["sigma"]), str(r.get("t")), _fmt(r["noisy_psnr"], 2), _fmt(r["baseline_psnr"], 2),
+                  _fmt(r.get("prior_psnr"), 2), _fmt(r.get("prior_ddim_psnr"), 2))
+    out.print(t)
+    if memo:
+        out.print(f"memorisation: {res['memorization']}")
+
+
 # -- bench -------------------------------------------------------------------------------
 @bench_app.command("federation")
 def bench_federation(as_json: bool = typer.Option(False, "--json"), rounds: int = typer.Option(3, "--rounds"),
@@ -225,7 +313,7 @@ def main() -> None:
     try:
         app(standalone_mode=True)
     except FlSimError as exc:
-        err.print(f"fl-sim: error: {exc}", markup=False, highlight=False)
+        err.print(f"fl-sim: error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
 
 
