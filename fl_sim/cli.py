@@ -65,9 +65,10 @@ def run(config: Optional[Path] = CONFIG, set_: Optional[list[str]] = typer.Optio
         runs_dir: Path = RUNS_DIR, as_json: bool = typer.Option(False, "--json", help="print the result as JSON")) -> None:
     """Run a simulated federation and record it in runs/<run-id>/."""
     from fl_sim.config import load_config
-    from fl_sim.federation import run_federation
+    from fl_sim.federation import prepare_users, run_federation
 
     cfg = load_config(config, set_ or [])
+    prepare_users(cfg)  # data errors first: the banner is only printed for a run that will start
 
     def progress(rnd: int, rec: dict[str, Any]) -> None:
         ev = rec["evaluate"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import tomllib
 import types
@@ -145,6 +146,8 @@ def _check(key: str, meta: dict[str, Any], value: Any) -> None:
     if "choices" in meta and value not in meta["choices"]:
         raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(meta['choices'])}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ConfigError(f"config key '{key}': must be a finite number, got {value}")
         if "min" in meta and value < meta["min"]:
             raise ConfigError(f"config key '{key}': must be >= {meta['min']}, got {value}")
         if "max" in meta and value > meta["max"]:

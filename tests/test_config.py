@@ -154,3 +154,14 @@ def test_round_users_all_when_fraction_is_one():
 
     # Assert
     assert picked == [["a", "b", "c", "d"]] * 3
+
+
+@pytest.mark.parametrize("pair, key", [("lr=nan", "lr"), ("clients_per_round=inf", "clients_per_round"),
+                                       ("simulation.client_cpus=inf", "simulation.client_cpus")])
+def test_non_finite_numbers_rejected(pair, key):
+    # Execute
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=[pair])
+
+    # Assert
+    assert f"'{key}'" in str(err.value)

@@ -55,6 +55,18 @@ def test_folder_users_and_attributes(tmp_path):
     ]
 
 
+def test_folder_attributes_csv_saved_with_bom(tmp_path):
+    # Prepare: spreadsheet programs save CSV as UTF-8 with a byte-order mark
+    make_folder_tree(tmp_path, {"alice": 1})
+    (tmp_path / "attributes.csv").write_text("user,gender,age\nalice,F,25\n", encoding="utf-8-sig")
+
+    # Execute
+    (user,) = FolderFaces(str(tmp_path)).users()
+
+    # Assert
+    assert user.attributes == {"gender": "female", "age_band": "<30"}
+
+
 def test_folder_without_attributes_csv_has_unknown_attributes(tmp_path):
     # Prepare
     make_folder_tree(tmp_path, {"alice": 1})

@@ -65,7 +65,7 @@ class FolderFaces(FaceDataset):
         if not path.exists():
             return {}
         out: dict[str, dict[str, str | None]] = {}
-        with path.open(newline="") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             cols = set(reader.fieldnames or [])
             if "user" not in cols or not ({"gender", "age", "age_band"} & cols):
