@@ -184,6 +184,16 @@ def data_info(dataset: str = typer.Argument("synthfaces"), size: int = typer.Opt
     out.print(t)
 
 
+@data_app.command("sheet")
+def data_sheet(dataset: str = typer.Argument("synthfaces"), out_path: Path = typer.Option(
+        Path("docs/synthfaces_contact_sheet.png"), "--out"), users: int = typer.Option(10, "--users"),
+        photos: int = typer.Option(8, "--photos")) -> None:
+    """A contact sheet PNG: users x photos, labelled with their attributes."""
+    from fl_sim.data.info import contact_sheet
+
+    out.print(f"wrote {contact_sheet(dataset, out_path, users, photos)}")
+
+
 @data_app.command("synth")
 def data_synth(out_dir: Path = typer.Option(None, "--out", help="output folder (default: the embedded assets)"),
                work_dir: Path = typer.Option(Path(".cache/synth-work"), "--work-dir", help="resumable shards"),

@@ -114,3 +114,30 @@ def _detection_rate(images: torch.Tensor, owner: np.ndarray, per_user: int = 1) 
 
     first = np.concatenate([np.flatnonzero(owner == u)[:per_user] for u in np.unique(owner)])
     return MtcnnDetector().detection_rate(images[first])
+
+
+def contact_sheet(spec: str, out: "Path", users: int = 10, photos: int = 8, scale: int = 2) -> "Path":
+    """A PNG grid: one row per user (their first ``photos`` photos), labelled with id and attributes."""
+    from pathlib import Path
+
+    from PIL import Image, ImageDraw
+
+    ds = open_dataset(spec)
+    recs = ds.users()[:users]
+    rows = []
+    for rec in recs:
+        ph = ds.photos_uint8(rec.user)[:photos]
+        rows.append((rec, np.concatenate(list(ph), axis=1)))
+    tile = rows[0][1].shape[0]
+    label_w = 150
+    sheet = Image.new("RGB", (label_w + rows[0][1].shape[1] * scale, len(rows) * tile * scale), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (rec, strip) in enumerate(rows):
+        img = Image.fromarray(strip).resize((strip.shape[1] * scale, tile * scale), Image.NEAREST)
+        sheet.paste(img, (label_w, i * tile * scale))
+        a = rec.attributes
+        draw.text((6, i * tile * scale + 8), f"{rec.user}\n{a.get('gender')}\nage {a.get('age_band')}", fill="black")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return out
