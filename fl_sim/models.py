@@ -49,19 +49,27 @@ def user_labels(heads: list[Head], user: str, attributes: dict[str, str | None])
 
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor, heads: list[Head], reduction: str = "mean") -> torch.Tensor:
-    """Sum over heads of the cross-entropy; labels (N, heads), -1 ignored."""
-    # Start from a zero that is still attached to the graph: a batch without labels gives 0, not an error.
-    total = (logits * 0).sum() if reduction != "none" else (logits * 0).sum(1)
+    """Sum over heads of the cross-entropy; labels (N, heads), -1 ignored.
+
+    Branch-free (masking instead of `if`), so it also runs under torch.func.vmap for per-sample
+    gradients; a batch without labels gives a zero that still backpropagates.
+    """
+    total = (logits * 0).sum(1)
     start = 0
+    mean_total = (logits * 0).sum()
     for k, h in enumerate(heads):
         part = logits[:, start:start + len(h.classes)]
         start += len(h.classes)
         y = labels[:, k]
-        if reduction == "none":
-            total = total + F.cross_entropy(part, y.clamp_min(0), reduction="none") * (y >= 0)
-        elif (y >= 0).any():
-            total = total + F.cross_entropy(part, y, ignore_index=-1, reduction=reduction)
-    return total
+        mask = (y >= 0).to(logits.dtype)
+        ce = F.cross_entropy(part, y.clamp_min(0), reduction="none") * mask
+        total = total + ce
+        mean_total = mean_total + ce.sum() / mask.sum().clamp_min(1.0)
+    if reduction == "none":
+        return total
+    if reduction == "sum":
+        return total.sum()
+    return mean_total
 
 
 @torch.no_grad()

@@ -1,0 +1,249 @@
+"""Inversion methods (a registry): dlg, ig, diffusion — observations in, representative images out."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from attacks.labels import InferredLabels, infer_labels
+from attacks.matching import candidate_gradients, cosine_distance, l2_distance, total_variation
+from attacks.observation import Observation
+from attacks.priors import DiffusionPrior
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """Shared knobs; each method reads the ones it uses (defaults measured, see docs/BENCHMARKS.md)."""
+
+    iterations: int = 400
+    lr: float = 0.05
+    restarts: int = 1
+    tv: float = 1e-2  # ig: total-variation weight (relative to the cosine distance)
+    init: str = "zeros"  # zeros | randn
+    lr_decay: bool = True  # Inverting Gradients' step decay: x0.1 at 3/8, 5/8 and 7/8 of the iterations
+    # diffusion (score distillation, SCIENCE.md §2 construction (a))
+    t_max: int = 600
+    t_min: int = 50
+    window: int = 100
+    prior_weight: float = 0.3  # λ: ratio of the unit-normalised prior and matching pixel gradients
+    construction: str = "sds"  # sds | latent
+    projection_t: int = 0  # >0: finish by re-noising to this t and denoising (DDIM)
+    seed: int = 0
+
+
+@dataclass
+class Reconstruction:
+    """One user's (or aggregate's) result: a representative image and what was inferred."""
+
+    method: str
+    image: torch.Tensor  # (3, H, W) in [-1, 1]
+    labels: dict[str, int]
+    label_counts: dict[str, list[float]]
+    loss_trace: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    final_loss: float = float("nan")
+
+
+AttackFn = Callable[[list[Observation], DiffusionPrior | None, AttackConfig], list[Reconstruction]]
+ATTACKS: dict[str, AttackFn] = {}
+
+
+def register_attack(name: str) -> Callable[[AttackFn], AttackFn]:
+    def deco(fn: AttackFn) -> AttackFn:
+        ATTACKS[name] = fn
+        return fn
+
+    return deco
+
+
+def run_attack(name: str, observations: list[Observation], prior: DiffusionPrior | None = None,
+               config: AttackConfig | None = None) -> list[Reconstruction]:
+    """Run a registered attack on observations of one round (batched over them)."""
+    if name not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r} (known: {', '.join(sorted(ATTACKS))})")
+    if not observations:
+        return []
+    return ATTACKS[name](observations, prior, config or AttackConfig())
+
+
+# -- shared machinery ----------------------------------------------------------------------
+@dataclass
+class _Problem:
+    obs: Observation
+    params: dict[str, torch.Tensor]
+    targets: list[dict[str, torch.Tensor]]
+    labels: torch.Tensor  # (B, heads)
+    inferred: list[InferredLabels]
+
+
+def _problem(observations: list[Observation]) -> _Problem:
+    first = observations[0]
+    for o in observations[1:]:
+        if o.image_shape != first.image_shape or o.round != first.round:
+            raise ValueError("a batched attack needs observations of one round and image shape")
+    inferred = [infer_labels(o) for o in observations]
+    params = {k: v.detach() for k, v in first.global_params.items()}
+    targets = [{k: v.detach() for k, v in o.gradient().items()} for o in observations]
+    labels = torch.stack([inf.as_tensor(first.heads) for inf in inferred])
+    return _Problem(first, params, targets, labels, inferred)
+
+
+def _init(n: int, shape: tuple[int, int, int], cfg: AttackConfig, restart: int) -> torch.Tensor:
+    if cfg.init == "zeros" and restart == 0:
+        return torch.zeros(n, *shape)
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + restart)
+    return (torch.randn((n, *shape), generator=gen) * 0.5).clamp(-1, 1)
+
+
+def _results(method: str, pb: _Problem, best_x: torch.Tensor, best_loss: torch.Tensor,
+             traces: list[list[float]], t0: float) -> list[Reconstruction]:
+    secs = (time.time() - t0) / len(pb.targets)
+    return [Reconstruction(method=method, image=best_x[b].detach().clamp(-1, 1), labels=pb.inferred[b].labels,
+                           label_counts=pb.inferred[b].counts, loss_trace=traces[b], seconds=secs,
+                           final_loss=float(best_loss[b])) for b in range(len(pb.targets))]
+
+
+def _optimise(method: str, observations: list[Observation], cfg: AttackConfig,
+              objective: Callable[[_Problem, torch.Tensor], torch.Tensor],
+              step_hook: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+              signed: bool = False) -> list[Reconstruction]:
+    """Adam on the pixels of all users' candidates at once; restarts keep each user's best."""
+    t0 = time.time()
+    pb = _problem(observations)
+    n = len(observations)
+    best_x = torch.zeros(n, *pb.obs.image_shape)
+    best_loss = torch.full((n,), float("inf"))
+    traces: list[list[float]] = [[] for _ in range(n)]
+    for r in range(cfg.restarts):
+        x = _init(n, pb.obs.image_shape, cfg, r).requires_grad_(True)
+        opt = torch.optim.Adam([x], lr=cfg.lr)
+        milestones = [int(cfg.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)] if cfg.lr_decay else []
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
+        for it in range(cfg.iterations):
+            opt.zero_grad(set_to_none=True)
+            loss = objective(pb, x)
+            loss.sum().backward()
+            if step_hook is not None:
+                x.grad = step_hook(it, x.detach(), x.grad)
+            elif signed:
+                x.grad = x.grad.sign()  # Inverting Gradients' signed Adam
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                x.clamp_(-1, 1)  # box constraint: images live in [-1, 1]
+            for b, v in enumerate(loss.detach()):
+                traces[b].append(float(v))
+        with torch.no_grad():
+            final = _matching(pb, x.detach(), cosine=True)
+            better = final < best_loss
+            best_loss = torch.where(better, final, best_loss)
+            best_x[better] = x.detach()[better]
+    return _results(method, pb, best_x, best_loss, traces, t0)
+
+
+def _matching(pb: _Problem, x: torch.Tensor, cosine: bool) -> torch.Tensor:
+    cand = candidate_gradients(pb.obs, pb.params, x, pb.labels)
+    return cosine_distance(cand, pb.targets) if cosine else l2_distance(cand, pb.targets)
+
+
+# -- methods -------------------------------------------------------------------------------
+@register_attack("dlg")
+def dlg(observations: list[Observation], prior: DiffusionPrior | None, cfg: AttackConfig) -> list[Reconstruction]:
+    """Deep Leakage from Gradients (with iDLG's inferred labels): L2 gradient matching."""
+    cfg = replace(cfg, init="randn") if cfg.init == "zeros" else cfg
+    return _optimise("dlg", observations, cfg, lambda pb, x: _matching(pb, x, cosine=False))
+
+
+@register_attack("ig")
+def inverting_gradients(observations: list[Observation], prior: DiffusionPrior | None,
+                        cfg: AttackConfig) -> list[Reconstruction]:
+    """Inverting Gradients: cosine distance + total variation, signed Adam, box constraint, restarts."""
+    return _optimise("ig", observations, cfg,
+                     lambda pb, x: _matching(pb, x, cosine=True) + cfg.tv * total_variation(x), signed=True)
+
+
+def sliding_window(iterations: int, t_max: int, t_min: int, window: int) -> list[tuple[int, int]]:
+    """Per iteration, the window [lo, hi] of timesteps: hi descends linearly from t_max to t_min."""
+    out = []
+    for k in range(iterations):
+        hi = round(t_max - (t_max - t_min) * k / max(iterations - 1, 1))
+        out.append((max(hi - window, 0), hi))
+    return out
+
+
+@register_attack("diffusion")
+def diffusion(observations: list[Observation], prior: DiffusionPrior | None,
+              cfg: AttackConfig) -> list[Reconstruction]:
+    """User-level inversion under a diffusion prior (seed 1), score-distillation construction.
+
+    Each step blends the matching gradient and the prior's score-distillation gradient
+    ε̂(x_t, t) − ε, each normalised to unit length per image (λ is then a ratio), with t drawn
+    from a window that slides from t_max down to t_min: coarse structure first, detail last.
+    """
+    if prior is None:
+        raise ValueError("the diffusion attack needs a prior")
+    if cfg.construction == "latent":
+        return _diffusion_latent(observations, prior, cfg)
+    windows = sliding_window(cfg.iterations, cfg.t_max, cfg.t_min, cfg.window)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    size = observations[0].image_shape[-1]
+
+    def hook(it: int, x: torch.Tensor, g_match: torch.Tensor) -> torch.Tensor:
+        lo, hi = windows[it]
+        t = torch.randint(lo, hi + 1, (x.shape[0],), generator=gen)
+        xp = prior.to_prior(x).to(prior.device)
+        noise = torch.randn(xp.shape, generator=gen).to(prior.device)
+        with torch.no_grad():
+            g_prior = prior.eps(prior.add_noise(xp, t.to(prior.device), noise), t.to(prior.device)) - noise
+        g_prior = prior.from_prior(g_prior.cpu(), size)
+        unit = lambda g: g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)  # noqa: E731
+        return unit(g_match) + cfg.prior_weight * unit(g_prior)
+
+    recs = _optimise("diffusion", observations, cfg, lambda pb, x: _matching(pb, x, cosine=True), step_hook=hook)
+    if cfg.projection_t > 0:
+        recs = _project(recs, prior, cfg.projection_t, size)
+    return recs
+
+
+def _project(recs: list[Reconstruction], prior: DiffusionPrior, t: int, size: int) -> list[Reconstruction]:
+    """Re-noise to t and denoise: pulls each result onto the prior's image manifold."""
+    x = prior.to_prior(torch.stack([r.image for r in recs])).to(prior.device)
+    ab = prior.alpha_bar(t)
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(7)).to(prior.device)
+    out = prior.from_prior(prior.ddim(ab.sqrt() * x + (1 - ab).sqrt() * noise, t, steps=20).cpu(), size)
+    return [replace(r, image=out[i]) for i, r in enumerate(recs)]
+
+
+def _diffusion_latent(observations: list[Observation], prior: DiffusionPrior, cfg: AttackConfig) -> list[Reconstruction]:
+    """Construction (b): optimise x_t at the current t, match on x̂0 = decode(x_t), DDIM-step down the window."""
+    t0 = time.time()
+    pb = _problem(observations)
+    n, size = len(observations), observations[0].image_shape[-1]
+    ts = prior.timesteps(cfg.t_max, max(2, cfg.iterations // 10))
+    per_t = max(1, cfg.iterations // len(ts))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    x_t = torch.randn((n, 3, prior.size, prior.size), generator=gen).to(prior.device) * float(
+        (1 - prior.alpha_bar(ts[0])).sqrt())
+    traces: list[list[float]] = [[] for _ in range(n)]
+    for i, t in enumerate(ts):
+        x_t = x_t.detach().requires_grad_(True)
+        opt = torch.optim.Adam([x_t], lr=cfg.lr)
+        for _ in range(per_t):
+            opt.zero_grad(set_to_none=True)
+            x0 = prior.from_prior(prior.x0(x_t, t).cpu(), size)
+            loss = _matching(pb, x0, cosine=True)
+            loss.sum().backward()
+            opt.step()
+            for b, v in enumerate(loss.detach()):
+                traces[b].append(float(v))
+        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+        with torch.no_grad():
+            x_t = prior.ddim_step(x_t.detach(), t, t_prev).prev_sample
+    x = prior.from_prior(x_t.detach().cpu(), size).clamp(-1, 1)
+    with torch.no_grad():
+        final = _matching(pb, x, cosine=True)
+    return _results("diffusion", pb, x, final, traces, t0)
