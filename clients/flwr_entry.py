@@ -14,16 +14,16 @@ client_app = ClientApp()
 
 
 @lru_cache(maxsize=4)
-def _app(key: tuple[tuple[str, str], ...]) -> ClientApp:
+def _app(key: tuple[tuple[str, str], ...], n_nodes: int) -> ClientApp:
     from fl_sim.federation import prepare_users
 
-    cfg = config_from_flwr(dict(key))
+    cfg = config_from_flwr(dict(key), n_nodes)
     return make_client_app(cfg, [u.user for u in prepare_users(cfg)])
 
 
 def _dispatch(msg: Message, context: Context) -> Message:
     key = tuple(sorted((k, str(v)) for k, v in context.run_config.items()))
-    return _app(key)(msg, context)
+    return _app(key, int(context.node_config["num-partitions"]))(msg, context)
 
 
 client_app.train()(_dispatch)

@@ -17,7 +17,7 @@ server_app = ServerApp()
 
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
-    cfg = config_from_flwr(dict(context.run_config))
+    cfg = config_from_flwr(dict(context.run_config), len(list(grid.get_node_ids())))
     users, _, run_dir = init_run(cfg, Path(str(context.run_config.get("runs-dir", "runs"))).resolve())
     outcome: dict = {}
     try:
