@@ -319,6 +319,49 @@ def bench_federation(as_json: bool = typer.Option(False, "--json"), rounds: int 
             out.print(f"{k}: {_fmt(v) if isinstance(v, float) else v}")
 
 
+@bench_app.command("attack")
+def bench_attack_cmd(users: int = typer.Option(20, "--users"), batch_sizes: str = typer.Option("32", "--batch-sizes"),
+                     methods: str = typer.Option("ig,diffusion", "--methods"), rnd: int = typer.Option(0, "--round"),
+                     protocol: str = typer.Option("fedsgd", "--protocol"), prior: str = PRIOR,
+                     iterations: Optional[int] = typer.Option(None, "--iterations"),
+                     figure: Optional[Path] = typer.Option(None, "--figure", help="PNG: per user 4 photos | each method"),
+                     as_json: bool = typer.Option(False, "--json")) -> None:
+    """Attack every user's update with each method, same model and seeds; score with the face evaluators."""
+    from attacks.methods import ATTACKS
+    from fl_sim.bench import bench_attack, attack_figure
+
+    wanted = [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = [m for m in wanted if m not in ATTACKS]
+    if unknown:
+        raise FlSimError(f"--methods: unknown attack(s) {', '.join(unknown)} (known: {', '.join(sorted(ATTACKS))})")
+    if protocol not in ("fedsgd", "fedavg"):
+        raise FlSimError(f"--protocol: {protocol!r} is not fedsgd or fedavg")
+    try:
+        sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
+    except ValueError:
+        raise FlSimError(f"--batch-sizes: expected integers like 8,32,64, got {batch_sizes!r}") from None
+    res = bench_attack(users=users, batch_sizes=sizes, methods=wanted, rnd=rnd, protocol=protocol, prior_spec=prior,
+                       iterations=iterations, progress=lambda m: err.print(m))
+    if figure:
+        attack_figure(res, figure)
+    if as_json:
+        _json({k: v for k, v in res.items() if k not in ("images", "photos")})
+        return
+    t = Table(title=f"attack bench: round {rnd}, {protocol}, {len(res['users'])} users")
+    for c in ("method", "batch", "face sim", "re-id top1", "top5", "gender acc", "psnr", "s/user"):
+        t.add_column(c)
+    for r in res["rows"]:
+        t.add_row(r["method"], str(r["batch_size"]), _fmt(r["face_similarity"]), _fmt(r["reid_top1"], 2),
+                  _fmt(r["reid_top5"], 2), _fmt(r["gender_acc"], 2), _fmt(r["psnr"], 1), _fmt(r["seconds_per_user"], 1))
+    out.print(t)
+    for bs, c in res["context"].items():
+        ref = res["references"][bs]
+        out.print(f"batch {bs}: within-user similarity {c['within_user_min']:.2f}..{c['within_user_max']:.2f} "
+                  f"(mean {c['within_user_mean']:.2f}); between users {c['between_user_mean']:.2f}; average face "
+                  f"{ref['average_face_similarity']:.3f} (re-id {ref['average_face_reid_top1']:.2f}); user's mean photo "
+                  f"{ref['mean_photo_similarity']:.3f} (re-id {ref['mean_photo_reid_top1']:.2f})")
+
+
 def main() -> None:
     """Entry point: user errors are one line on stderr and exit code 2, never a traceback."""
     try:

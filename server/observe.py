@@ -1,0 +1,33 @@
+"""Turn what the server received (global weights, a client's reply) into an attack `Observation`."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+
+from attacks.observation import Observation
+from fl_sim.config import RunConfig
+from fl_sim.models import Head, build_model, task_loss
+
+
+def _t(v: Any) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v).detach().clone()
+
+
+def build_observation(cfg: RunConfig, heads: list[Head], global_state: dict[str, Any], client_state: dict[str, Any],
+                      metrics: dict[str, Any], *, rnd: int, user: str | None, aggregate_size: int = 1) -> Observation:
+    """The observation of one reply: only public facts (config, task, weights) and the update."""
+    model = build_model(cfg.model.name, heads, cfg.data.image_size, cfg.model.width, cfg.seed)
+    params = {k: _t(v).float() for k, v in global_state.items() if k in dict(model.named_parameters())}
+    model.load_state_dict({k: _t(v) for k, v in global_state.items()}, strict=False)
+    update = {k: params[k] - _t(client_state[k]).float() for k in params}
+    return Observation(
+        model=model.eval(), global_params=params, update=update, protocol=cfg.protocol,
+        num_examples=int(metrics.get("num-examples", cfg.data.photos_per_user)), lr=float(metrics.get("lr", cfg.lr)),
+        loss_fn=partial(task_loss, heads=heads), heads=tuple((h.name, len(h.classes)) for h in heads),
+        image_shape=(3, cfg.data.image_size, cfg.data.image_size), local_steps=int(metrics.get("local-steps", 1)),
+        local_epochs=cfg.local_epochs, local_batch_size=cfg.local_batch_size, aggregate_size=aggregate_size,
+        round=rnd, user=user)
