@@ -71,6 +71,9 @@ def run(config: Optional[Path] = CONFIG, set_: Optional[list[str]] = typer.Optio
     prepare_users(cfg)  # data errors first: the banner is only printed for a run that will start
 
     def progress(rnd: int, rec: dict[str, Any]) -> None:
+        if rnd < 0:
+            err.print(f"federation done; waiting for {rec['draining']} attack job(s) to finish")
+            return
         ev = rec["evaluate"]
         heads = "  ".join(f"{k[4:]} {_fmt(v, 2)}" for k, v in ev.items() if k.startswith("acc_"))
         err.print(f"round {rnd}/{cfg.rounds}  clients {rec['n_clients']}  train loss {_fmt(rec['train'].get('loss'))}"

@@ -57,6 +57,25 @@ class SimulationConfig:
 
 
 @dataclass
+class AttackPolicyConfig:
+    """The curious server: which rounds, users and methods it attacks, and its worker."""
+
+    enabled: bool = _f(False, "attack client updates during the run (the curious server)")
+    methods: list[str] = _f(["ig", "diffusion"], "attack methods: dlg | ig | diffusion")
+    rounds: list[int] = _f([], "rounds to attack (empty: see every)")
+    every: int = _f(1, "attack every k-th round when 'rounds' is empty", min=1)
+    users: str = _f("all", "users to attack: all | sample:N (seeded) | comma-separated user ids")
+    iterations: int = _f(400, "optimisation iterations per attack", min=1)
+    prior: str = _f("faces32", "diffusion prior: faces32 (embedded) | diffusers folder | hub id")
+    queue_size: int = _f(8, "attack jobs in flight before the queue is full", min=1)
+    when_full: str = _f("wait", "full queue: wait for a slot | drop the job (recorded as dropped)",
+                        choices=("wait", "drop"))
+    worker_cpus: float = _f(0.0, "CPUs reserved for the attack worker (0 on a CPU host: it runs at low priority beside the clients, whose actor pool takes every CPU Ray has)", min=0.0)
+    worker_gpus: float = _f(0.0, "GPUs (fraction) for the attack worker actor", min=0.0)
+    drain_timeout_s: float = _f(1800.0, "at the end, wait this long for attacks; the rest are 'unfinished'", min=0.0)
+
+
+@dataclass
 class RunConfig:
     """A federation: who takes part, what they train, how the server aggregates."""
 
@@ -74,12 +93,33 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig, metadata=doc("dataset"))
     model: ModelConfig = field(default_factory=ModelConfig, metadata=doc("model"))
     simulation: SimulationConfig = field(default_factory=SimulationConfig, metadata=doc("simulation engine"))
+    attack: AttackPolicyConfig = field(default_factory=AttackPolicyConfig, metadata=doc("curious server"))
 
     def clients_in_round(self) -> int:
         """How many clients each round samples."""
         if self.clients_per_round <= 1.0:
             return max(1, int(round(self.users * self.clients_per_round)))
         return int(self.clients_per_round)
+
+    def attacked_round(self, server_round: int) -> bool:
+        """Whether the curious server attacks ``server_round``."""
+        a = self.attack
+        if not a.enabled:
+            return False
+        return server_round in a.rounds if a.rounds else (server_round - 1) % a.every == 0
+
+    def attacked_users(self, users: list[str]) -> list[str]:
+        """The users the curious server attacks (a seeded sample is the same every round)."""
+        u = self.attack.users
+        if u == "all":
+            return sorted(users)
+        if u.startswith("sample:"):
+            return sorted(random.Random(f"attack:{self.seed}").sample(sorted(users), min(int(u[7:]), len(users))))
+        wanted = [x.strip() for x in u.split(",") if x.strip()]
+        missing = [x for x in wanted if x not in users]
+        if missing:
+            raise ConfigError(f"config key 'attack.users': no user(s) {', '.join(missing)} in this run")
+        return sorted(wanted)
 
     def round_users(self, users: list[str], server_round: int) -> list[str]:
         """The users trained in ``server_round``: a function of (seed, round) over user names.
@@ -209,6 +249,18 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None) ->
 
 def validate(cfg: RunConfig) -> None:
     """Checks that involve more than one key."""
+    from attacks.methods import ATTACKS
+
+    unknown = [m for m in cfg.attack.methods if m not in ATTACKS]
+    if unknown:
+        raise ConfigError(f"config key 'attack.methods': unknown method(s) {', '.join(unknown)} "
+                          f"(known: {', '.join(sorted(ATTACKS))})")
+    bad_rounds = [r for r in cfg.attack.rounds if not 1 <= r <= cfg.rounds]
+    if bad_rounds:
+        raise ConfigError(f"config key 'attack.rounds': {bad_rounds} outside 1..{cfg.rounds}")
+    u = cfg.attack.users
+    if u.startswith("sample:") and not u[7:].isdigit():
+        raise ConfigError(f"config key 'attack.users': expected sample:N, got {u!r}")
     if cfg.clients_per_round > 1.0 and cfg.clients_per_round != int(cfg.clients_per_round):
         raise ConfigError(f"config key 'clients_per_round': a count must be whole, got {cfg.clients_per_round}")
     if cfg.clients_in_round() > cfg.users:

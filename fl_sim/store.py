@@ -105,6 +105,22 @@ class RunStore:
             (rnd, user, str(node_id), num_examples, local_steps, lr, loss, protocol, update_norm,
              json.dumps(layer_norms), json.dumps(defenses or {}), json.dumps(metrics or {})))
 
+    def add_attack(self, *, rnd: int, user: str | None, method: str, status: str, aggregate_size: int = 1,
+                   defenses: dict[str, Any] | None = None) -> int:
+        return self._write("INSERT INTO attacks (round, user, aggregate_size, method, status, created, defenses)"
+                           " VALUES (?,?,?,?,?,?,?)", (rnd, user, aggregate_size, method, status, time.time(),
+                                                      json.dumps(defenses or {})))
+
+    def update_attack(self, attack_id: int, *, status: str, metrics: dict[str, Any] | None = None,
+                      image: str | None = None, error: str | None = None, started: float | None = None) -> None:
+        now = time.time()
+        if status == "running":
+            self._write("UPDATE attacks SET status=?, started=? WHERE id=?", (status, started or now, attack_id))
+            return
+        self._write("UPDATE attacks SET status=?, finished=?, seconds=?-COALESCE(started, created), metrics=?,"
+                    " image=?, error=? WHERE id=?",
+                    (status, now, now, json.dumps(metrics or {}), image, error, attack_id))
+
     # -- reads ---------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         row = self._db.execute("SELECT * FROM run").fetchone()

@@ -15,7 +15,9 @@ from flwr.serverapp import Grid, ServerApp
 from fl_sim.config import RunConfig
 from fl_sim.models import build_model, task_heads
 from fl_sim.store import RunStore
+from server.curious import AttackDispatcher, CuriousStrategy
 from server.strategy import RecordingStrategy, SeededFedAvg, update_norms
+from server.worker import make_remote_worker
 
 QUERY_TIMEOUT_S = 120.0
 
@@ -84,9 +86,21 @@ def serve(grid: Grid, cfg: RunConfig, users: list[str], run_dir: Path,
 
         inner = SeededFedAvg(node_of_user={u: n for n, u in user_of_node.items()}, sample=cfg.round_users,
                              min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=len(users))
-        strategy = RecordingStrategy(inner, user_of_node=user_of_node, on_update=on_update, on_round=on_round)
+        hooks = {"user_of_node": user_of_node, "on_update": on_update, "on_round": on_round}
+        if cfg.attack.enabled:
+            # Created after Flower's backend started Ray, so Flower's own Ray settings stand.
+            worker = make_remote_worker(cfg.attack.worker_cpus, cfg.attack.worker_gpus)
+            dispatcher = AttackDispatcher(cfg, heads, users, run_dir, store, worker)
+            strategy: RecordingStrategy = CuriousStrategy(inner, dispatcher=dispatcher, **hooks)
+        else:
+            dispatcher = None
+            strategy = RecordingStrategy(inner, **hooks)
         result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=cfg.rounds,
                                 train_config=ConfigRecord({"lr": cfg.lr}))
+        if dispatcher is not None:
+            if progress:
+                progress(-1, {"draining": len(dispatcher.pending)})
+            dispatcher.drain(cfg.attack.drain_timeout_s)
         final = result.arrays.to_torch_state_dict()
         torch.save(final, run_dir / "final_model.pt")
         if outcome is not None:
