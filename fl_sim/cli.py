@@ -154,6 +154,50 @@ def export(run: str, runs_dir: Path = RUNS_DIR, as_json: bool = typer.Option(Tru
         st.close()
 
 
+@app.command()
+def inspect(run: str, user: Optional[str] = typer.Option(None, "--user"), rnd: Optional[int] = typer.Option(None, "--round"),
+            runs_dir: Path = RUNS_DIR, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Attacked rounds per user: similarity, re-identification rank, inferred vs true attributes."""
+    from fl_sim.inspect_run import attack_table, context_lines, user_panel
+    from fl_sim.store import RunStore
+
+    run_dir = _run_dir(runs_dir, run)
+    if user is not None:
+        path, rows = user_panel(run_dir, user, rnd)
+        ctx = context_lines(run_dir)
+        if as_json:
+            _json({"panel": str(path), "attacks": rows, "context": ctx})
+            return
+        _attack_rich_table(rows, f"user {user}")
+        out.print(f"context: within-user similarity {ctx['within_user_min']:.2f}..{ctx['within_user_max']:.2f} "
+                  f"(mean {ctx['within_user_mean']:.2f}), between users {ctx['between_user_mean']:.2f}")
+        out.print(f"panel: {path}")
+        return
+    st = RunStore(run_dir / "store.sqlite", readonly=True)
+    rows = attack_table(st)
+    st.close()
+    if as_json:
+        _json({"attacks": rows})
+        return
+    if not rows:
+        out.print(f"run {run_dir.name} has no attacks (set attack.enabled=true)")
+        return
+    _attack_rich_table(rows, f"attacks in {run_dir.name}")
+
+
+def _attack_rich_table(rows: list[dict[str, Any]], title: str) -> None:
+    t = Table(title=title)
+    for c in ("round", "user", "method", "status", "face sim", "re-id rank", "gender (inferred/true)", "age (inferred/true)"):
+        t.add_column(c)
+    for r in sorted(rows, key=lambda r: (str(r["user"]), r["round"], r["method"])):
+        who = r["user"] if r["user"] is not None else f"aggregate of {r['aggregate_size']}"
+        rank = f"{r['reid_rank']}/{r['n_users']}" if r["reid_rank"] is not None else "-"
+        t.add_row(str(r["round"]), who, r["method"], r["status"], _fmt(r["face_similarity"]), rank,
+                  f"{r['inferred_gender'] or '-'}/{r['true_gender'] or '-'}",
+                  f"{r['inferred_age_band'] or '-'}/{r['true_age_band'] or '-'}")
+    out.print(t)
+
+
 # -- config ------------------------------------------------------------------------------
 @config_app.command("show")
 def config_show(config: Optional[Path] = CONFIG, set_: Optional[list[str]] = typer.Option(None, "--set"),

@@ -1,0 +1,98 @@
+"""`fl-sim inspect`: attacked rounds per user, and a PNG panel per user and round."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fl_sim.errors import FlSimError
+from fl_sim.store import RunStore
+
+
+def attack_table(store: RunStore) -> list[dict[str, Any]]:
+    """One row per attack with the figures a reader compares: similarity, rank, attributes."""
+    users = {u["user"]: u for u in store.users()}
+    rows = []
+    for a in store.attacks():
+        m = a["metrics"]
+        truth = users.get(a["user"], {}).get("attributes", {}) if a["user"] else {}
+        rows.append({"round": a["round"], "user": a["user"], "aggregate_size": a["aggregate_size"], "method": a["method"],
+                     "status": a["status"], "face_similarity": m.get("face_similarity"), "reid_rank": m.get("reid_rank"),
+                     "n_users": len(users), "inferred_gender": m.get("inferred_gender"), "true_gender": truth.get("gender"),
+                     "inferred_age_band": m.get("inferred_age_band"), "true_age_band": truth.get("age_band"),
+                     "best_match": m.get("best_match"), "image": a["image"], "error": a["error"]})
+    return rows
+
+
+def user_panel(run_dir: Path, user: str, rnd: int | None = None, out: Path | None = None) -> tuple[Path, list[dict[str, Any]]]:
+    """PNG: the user's photos, then each method's reconstruction per attacked round, labelled."""
+    from PIL import Image, ImageDraw
+
+    from fl_sim.data import open_dataset
+    from fl_sim.data.base import to_tensor  # noqa: F401 - same decoding as the run
+    from fl_sim.evaluators.face import to_uint8_hwc
+
+    store = RunStore(run_dir / "store.sqlite", readonly=True)
+    try:
+        cfg = store.run()["config"]
+        users = {u["user"]: u for u in store.users()}
+        if user not in users:
+            raise FlSimError(f"no user {user!r} in run {run_dir.name} (users: {', '.join(sorted(users))})")
+        rows = [r for r in attack_table(store) if r["user"] == user and (rnd is None or r["round"] == rnd)]
+        if not rows:
+            raise FlSimError(f"user {user!r} was not attacked in run {run_dir.name}"
+                             + (f" round {rnd}" if rnd is not None else ""))
+    finally:
+        store.close()
+    ds = open_dataset(cfg["data"]["dataset"])
+    size = cfg["data"]["image_size"]
+    photos = to_uint8_hwc(ds.photos(user, size)[:8])
+    tile = 96
+    rounds = sorted({r["round"] for r in rows})
+    methods = sorted({r["method"] for r in rows})
+    w = 8 * tile
+    h = tile + 30 + len(rounds) * (tile + 64)
+    panel = Image.new("RGB", (max(w, len(methods) * (tile + 180)), h), "white")
+    draw = ImageDraw.Draw(panel)
+    attrs = users[user]["attributes"]
+    for i, p in enumerate(photos):
+        panel.paste(Image.fromarray(p).resize((tile, tile), Image.NEAREST), (i * tile, 0))
+    draw.text((4, tile + 6), f"user {user}: true gender {attrs.get('gender')}, age {attrs.get('age_band')} "
+                             f"(first 8 of their photos above)", fill="black")
+    y = tile + 30
+    for rr in rounds:
+        for j, m in enumerate(methods):
+            row = next((r for r in rows if r["round"] == rr and r["method"] == m), None)
+            x = j * (tile + 180)
+            if row is None:
+                continue
+            if row["image"] and (run_dir / row["image"]).exists():
+                panel.paste(Image.open(run_dir / row["image"]).convert("RGB").resize((tile, tile), Image.NEAREST), (x, y))
+            sim = row["face_similarity"]
+            text = (f"round {rr} {m} [{row['status']}]\nsim {sim:.3f}\nrank {row['reid_rank']}/{row['n_users']}\n"
+                    f"gender {row['inferred_gender']}\nage {row['inferred_age_band']}") if sim is not None else \
+                f"round {rr} {m}\n[{row['status']}]\n{(row['error'] or '')[:40]}"
+            draw.text((x + tile + 6, y + 2), text, fill="black")
+        y += tile + 64
+    out = out or run_dir / "panels" / f"{user}{'' if rnd is None else f'_r{rnd:03d}'}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    panel.save(out)
+    return out, rows
+
+
+def context_lines(run_dir: Path) -> dict[str, float]:
+    """Within-user and between-user similarity of the run's users (the lines beside every figure)."""
+    from fl_sim.data import open_dataset
+    from fl_sim.scoring import UserTruth
+
+    store = RunStore(run_dir / "store.sqlite", readonly=True)
+    cfg = store.run()["config"]
+    users = [u["user"] for u in store.users()]
+    attrs = {u["user"]: u["attributes"] for u in store.users()}
+    store.close()
+    ds = open_dataset(cfg["data"]["dataset"])
+    n = cfg["data"]["photos_per_user"]
+    truth = UserTruth(users, {u: ds.photos(u, cfg["data"]["image_size"])[:n] for u in users}, attrs)
+    return {k: float(np.round(v, 3)) for k, v in truth.context().items()}
