@@ -43,7 +43,9 @@ class ModelConfig:
 
     name: str = _f("convnet", "model: convnet (GroupNorm) | resnet (GroupNorm) | mlp (fully connected first layer)",
                    choices=("convnet", "resnet", "mlp"))
-    width: int = _f(32, "channels (convnet, resnet) or hidden units / 8 (mlp)", min=1, max=1024)
+    # 16, not 32: with per-user constant labels, wider 4x4-pooled features made local SGD
+    # diverge at any lr that still learned in a few rounds (docs/BENCHMARKS.md, demo tuning).
+    width: int = _f(16, "channels (convnet, resnet) or hidden units / 8 (mlp)", min=1, max=1024)
 
 
 @dataclass
@@ -81,12 +83,12 @@ class RunConfig:
 
     seed: int = _f(0, "seed for user sampling, model init and local shuffling", min=0)
     users: int = _f(8, "number of users (one Flower client each)", min=1)
-    rounds: int = _f(3, "federated rounds", min=1)
+    rounds: int = _f(6, "federated rounds", min=1)
     protocol: str = _f("fedavg", "fedsgd: one full-batch gradient step | fedavg: local epochs of mini-batch SGD",
                        choices=("fedsgd", "fedavg"))
     task: str = _f("attributes", "attributes: gender + age-band heads | identity: one class per user",
                    choices=("attributes", "identity"))
-    lr: float = _f(0.05, "client learning rate (eta)", min_exclusive=0.0)
+    lr: float = _f(0.01, "client learning rate (eta)", min_exclusive=0.0)
     local_epochs: int = _f(1, "FedAvg: local epochs per round", min=1)
     local_batch_size: int = _f(8, "FedAvg: mini-batch size of local SGD", min=1)
     clients_per_round: float = _f(1.0, "clients per round: a fraction in (0, 1] or a count > 1", min_exclusive=0.0)
