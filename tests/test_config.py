@@ -14,7 +14,7 @@ def test_defaults_load():
 
     # Assert
     assert cfg == RunConfig()
-    assert (cfg.users, cfg.rounds, cfg.protocol, cfg.data.dataset) == (8, 3, "fedavg", "synthfaces")
+    assert (cfg.users, cfg.rounds, cfg.protocol, cfg.data.dataset) == (8, 6, "fedavg", "synthfaces")
 
 
 def test_set_overrides_int_float_and_nested_key():
