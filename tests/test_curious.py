@@ -1,0 +1,148 @@
+"""The curious server and its attack worker: no effect on training, failures recorded, knowledge separated."""
+
+from __future__ import annotations
+
+import ast
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fl_sim.config import load_config
+from fl_sim.federation import init_run, run_federation
+from fl_sim.models import task_heads
+from fl_sim.store import RunStore
+from tests.conftest import REPO, make_face_folder
+
+TINY = ["data.image_size=16", "data.photos_per_user=4", "data.holdout_per_user=2", "model.width=4"]
+
+
+def test_attacks_change_nothing_clients_or_aggregation_see(tmp_path: Path) -> None:
+    data = make_face_folder(tmp_path / "faces", users=3, photos=6)
+    base = [f"data.dataset=folder:{data}", "users=3", "rounds=2", "protocol=fedavg", *TINY]
+    off = run_federation(load_config(None, base), tmp_path / "off")
+    on = run_federation(load_config(None, [*base, "attack.enabled=true", "attack.methods=ig",
+                                           "attack.iterations=3"]), tmp_path / "on")
+    assert off.status == on.status == "finished", (off.error, on.error)
+    a, b = torch.load(off.run_dir / "final_model.pt"), torch.load(on.run_dir / "final_model.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit-identical
+    st = RunStore(on.run_dir / "store.sqlite", readonly=True)
+    attacks = st.attacks()
+    st.close()
+    assert len(attacks) == 2 * 3 and all(x["status"] == "finished" for x in attacks)
+    assert all("face_similarity" in x["metrics"] and (on.run_dir / x["image"]).exists() for x in attacks)
+
+
+@pytest.fixture
+def dispatcher(tmp_path: Path):  # noqa: ANN201 - yields (dispatcher, store, observations)
+    import ray
+
+    from server.curious import AttackDispatcher
+    from server.observe import build_observation
+    from server.worker import make_remote_worker
+
+    data = make_face_folder(tmp_path / "faces", users=2, photos=6)
+    cfg = load_config(None, [f"data.dataset=folder:{data}", "users=2", "rounds=2", "attack.enabled=true",
+                             "attack.methods=ig", "attack.iterations=2", *TINY])
+    users, _, run_dir = init_run(cfg, tmp_path / "runs")
+    ray.init(num_cpus=1, include_dashboard=False, logging_level="error", log_to_driver=False)
+    try:
+        store = RunStore(run_dir / "store.sqlite")
+        heads = task_heads(cfg.task, users)
+        from fl_sim.models import build_model
+
+        model = build_model(cfg.model.name, heads, 16, 4, 0)
+        state = {k: v.numpy() for k, v in model.state_dict().items()}
+        moved = {k: v - 0.01 for k, v in state.items()}
+        d = AttackDispatcher(cfg, heads, users, run_dir, store, make_remote_worker(0, 0))
+        obs = [build_observation(cfg, heads, state, moved, {"num-examples": 4, "lr": 0.01, "local-steps": 1},
+                                 rnd=1, user=u) for u in users]
+        yield d, store, obs, cfg, run_dir
+        store.close()
+    finally:
+        ray.shutdown()
+
+
+def _job(d, obs, cfg, run_dir, rnd: int, **kw):  # noqa: ANN001, ANN202
+    from attacks.methods import AttackConfig
+    from server.worker import AttackJob
+
+    ids = {(o.user, "ig"): d.store.add_attack(rnd=rnd, user=o.user, method="ig", status="queued") for o in obs}
+    job = AttackJob(job_id=rnd, round=rnd, observations=obs, targets=[o.user for o in obs], methods=["ig"],
+                    attack_config=AttackConfig(**kw), prior="faces32", dataset=cfg.data.dataset, image_size=16,
+                    photos_per_user=4, run_users=[o.user for o in obs], run_dir=str(run_dir))
+    return job, ids
+
+
+def test_a_raising_job_is_recorded_failed_and_the_next_succeeds(dispatcher) -> None:  # noqa: ANN001
+    d, store, obs, cfg, run_dir = dispatcher
+    bad, bad_ids = _job(d, obs, cfg, run_dir, 1, iterations=2)
+    bad.fail_with = "boom"
+    d.submit(bad, bad_ids)
+    good, good_ids = _job(d, obs, cfg, run_dir, 2, iterations=2)
+    d.submit(good, good_ids)
+    d.drain(120)
+    rows = {a["id"]: a for a in store.attacks()}
+    assert all(rows[i]["status"] == "failed" and "boom" in rows[i]["error"] for i in bad_ids.values())
+    assert all(rows[i]["status"] == "finished" for i in good_ids.values())
+
+
+def test_a_killed_worker_fails_its_job_and_is_restarted(dispatcher) -> None:  # noqa: ANN001
+    import ray
+
+    d, store, obs, cfg, run_dir = dispatcher
+    pid = ray.get(d.worker.pid.remote())
+    long, long_ids = _job(d, obs, cfg, run_dir, 1, iterations=100000)
+    d.submit(long, long_ids)
+    time.sleep(3)
+    os.kill(pid, signal.SIGKILL)
+    d.drain(60)
+    rows = {a["id"]: a for a in store.attacks()}
+    assert all(rows[i]["status"] == "failed" and "died" in rows[i]["error"] for i in long_ids.values())
+    after, after_ids = _job(d, obs, cfg, run_dir, 2, iterations=2)
+    d.submit(after, after_ids)
+    d.drain(120)
+    rows = {a["id"]: a for a in store.attacks()}
+    assert all(rows[i]["status"] == "finished" for i in after_ids.values())
+    assert ray.get(d.worker.pid.remote()) != pid
+
+
+def test_unfinished_jobs_are_marked_after_the_drain_timeout(dispatcher) -> None:  # noqa: ANN001
+    d, store, obs, cfg, run_dir = dispatcher
+    job, ids = _job(d, obs, cfg, run_dir, 1, iterations=100000)
+    d.submit(job, ids)
+    d.drain(1)
+    assert all(a["status"] == "unfinished" for a in store.attacks())
+
+
+def test_attacks_cannot_reach_the_dataset(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # By construction: the attacks package imports nothing that loads data...
+    for path in (REPO / "attacks").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        mods = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        mods += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        assert not [m for m in mods if m.split(".")[0] in ("fl_sim", "server", "clients")], path
+    # ...and at run time an attack succeeds while every dataset loader is poisoned.
+    import fl_sim.data as data_mod
+    from attacks.methods import AttackConfig, run_attack
+    from server.observe import build_observation
+
+    cfg = load_config(None, ["users=1", *TINY])
+    heads = task_heads(cfg.task, ["u"])
+    from fl_sim.models import build_model
+
+    state = {k: v.numpy() for k, v in build_model("convnet", heads, 16, 4, 0).state_dict().items()}
+    obs = build_observation(cfg, heads, state, {k: v * 0.99 for k, v in state.items()},
+                            {"num-examples": 4, "lr": 0.01}, rnd=1, user="u")
+
+    def poisoned(*_a: object, **_k: object) -> None:
+        raise AssertionError("an attack reached the dataset")
+
+    for name in list(data_mod.DATASETS):
+        monkeypatch.setitem(data_mod.DATASETS, name, poisoned)
+    monkeypatch.setattr(data_mod, "open_dataset", poisoned)
+    rec = run_attack("ig", [obs], None, AttackConfig(iterations=2))[0]
+    assert rec.image.shape == (3, 16, 16)
