@@ -62,6 +62,7 @@ def backend_config(cfg: RunConfig) -> dict[str, Any]:
 def init_run(cfg: RunConfig, runs_dir: Path) -> tuple[list[str], str, Path]:
     """Validate the users, then create the run folder, its store and config snapshot."""
     users = prepare_users(cfg)
+    cfg.attacked_users([u.user for u in users])  # named attack targets must exist: fail before the folder
     run_id, run_dir = new_run_dir(runs_dir)
     store = RunStore(run_dir / "store.sqlite")
     try:

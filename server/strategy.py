@@ -64,6 +64,7 @@ class RecordingStrategy(Strategy):
         self._global: dict[str, np.ndarray] = {}
         self._round_start = 0.0
         self._train_metrics: dict[str, Any] = {}
+        self._n_clients = 0
 
     def __getattr__(self, name: str) -> Any:
         # Anything the wrapper does not define (weighted_by_key, ...) is the inner strategy's.
@@ -89,12 +90,11 @@ class RecordingStrategy(Strategy):
             raise RuntimeError(f"client of user {user} failed in round {server_round}: "
                                f"{m.error.reason.strip().splitlines()[-1] if m.error.reason else 'no reason given'}")
         for msg in replies:
-            if not msg.has_error():
-                node = msg.metadata.src_node_id
-                self.on_update(server_round, self.user_of_node.get(node), node, self._global, msg)
+            node = msg.metadata.src_node_id
+            self.on_update(server_round, self.user_of_node.get(node), node, self._global, msg)
         arrays, metrics = self.inner.aggregate_train(server_round, replies)
         self._train_metrics = dict(metrics) if metrics is not None else {}
-        self._n_clients = sum(1 for m in replies if not m.has_error())
+        self._n_clients = len(replies)
         return arrays, metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -111,7 +111,7 @@ class RecordingStrategy(Strategy):
                 per_user[self.user_of_node.get(msg.metadata.src_node_id, str(msg.metadata.src_node_id))] = m.get("accuracy")
         self.on_round(server_round, {
             "started": self._round_start, "seconds": time.time() - self._round_start,
-            "n_clients": getattr(self, "_n_clients", 0), "train": self._train_metrics,
+            "n_clients": self._n_clients, "train": self._train_metrics,
             "evaluate": dict(metrics) if metrics is not None else {}, "per_user_accuracy": per_user,
         })
         return metrics
