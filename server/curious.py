@@ -73,7 +73,22 @@ class AttackDispatcher:
             self.collect(1.0)
         self.submit(job, ids)
 
+    def _wait_until_alive(self, timeout: float = 60.0) -> None:
+        """A job sent while Ray restarts the worker would fail unrun: wait for the worker first."""
+        import ray
+
+        deadline = time.time() + timeout
+        while True:
+            try:
+                ray.get(self.worker.pid.remote(), timeout=timeout)
+                return
+            except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.5)
+
     def submit(self, job: AttackJob, ids: dict[tuple[str | None, str], int]) -> None:
+        self._wait_until_alive()
         for aid in ids.values():
             self.store.update_attack(aid, status="running")
         self.pending.append(_Pending(self.worker.run_job.remote(job), job, ids))
@@ -85,15 +100,16 @@ class AttackDispatcher:
         if not self.pending:
             return 0
         done, _ = ray.wait([p.future for p in self.pending], num_returns=len(self.pending), timeout=timeout)
-        finished = [p for p in self.pending if p.future in done]
-        for p in finished:
+        finished = []
+        for p in [p for p in self.pending if p.future in done]:
             try:
                 outcome: AttackOutcome = ray.get(p.future)
                 rows = outcome.results
-            except Exception as exc:  # noqa: BLE001 - the worker died mid-job: Ray restarts it
+            except Exception as exc:  # noqa: BLE001 - the worker died (or was restarting) mid-job: Ray restarts it
                 err = f"{exc.__class__.__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-                rows = [{"target": t, "method": m, "status": "failed", "error": f"attack worker died: {err}"}
+                rows = [{"target": t, "method": m, "status": "failed", "error": f"attack worker died mid-job: {err}"}
                         for (t, m) in p.attack_ids]
+            finished.append(p)
             for row in rows:
                 aid = p.attack_ids[(row["target"], row["method"])]
                 self.store.update_attack(aid, status=row["status"], metrics=row.get("metrics"), image=row.get("image"),

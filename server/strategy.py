@@ -89,6 +89,9 @@ class RecordingStrategy(Strategy):
             user = self.user_of_node.get(m.metadata.src_node_id, m.metadata.src_node_id)
             raise RuntimeError(f"client of user {user} failed in round {server_round}: "
                                f"{m.error.reason.strip().splitlines()[-1] if m.error.reason else 'no reason given'}")
+        # Replies arrive in whatever order the actors finish; summing them in user order makes the
+        # aggregate bit-for-bit the same from run to run (float addition is not associative).
+        replies.sort(key=lambda m: str(self.user_of_node.get(m.metadata.src_node_id, m.metadata.src_node_id)))
         for msg in replies:
             node = msg.metadata.src_node_id
             self.on_update(server_round, self.user_of_node.get(node), node, self._global, msg)

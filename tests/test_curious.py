@@ -106,7 +106,7 @@ def test_a_killed_worker_fails_its_job_and_is_restarted(dispatcher) -> None:  # 
     d.submit(after, after_ids)
     d.drain(120)
     rows = {a["id"]: a for a in store.attacks()}
-    assert all(rows[i]["status"] == "finished" for i in after_ids.values())
+    assert all(rows[i]["status"] == "finished" for i in after_ids.values()), [(rows[i]["status"], rows[i]["error"]) for i in after_ids.values()]
     assert ray.get(d.worker.pid.remote()) != pid
 
 
