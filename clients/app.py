@@ -42,11 +42,14 @@ def make_client_app(cfg: RunConfig, users: list[str]) -> ClientApp:
     """A ClientApp for ``users`` (partition-id i is users[i])."""
     app = ClientApp()
     heads = task_heads(cfg.task, users)
+    models: list[torch.nn.Module] = []  # one per actor process, reused across messages
 
     def _setup(msg: Message, context: Context) -> tuple[str, int, torch.nn.Module]:
-        torch.set_num_threads(cfg.simulation.torch_threads)
+        if not models:
+            torch.set_num_threads(cfg.simulation.torch_threads)
+            models.append(build_model(cfg.model.name, heads, cfg.data.image_size, cfg.model.width, cfg.seed))
         pid = int(context.node_config["partition-id"])
-        model = build_model(cfg.model.name, heads, cfg.data.image_size, cfg.model.width, cfg.seed)
+        model = models[0]
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
         return users[pid], pid, model
 

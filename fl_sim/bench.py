@@ -22,13 +22,15 @@ def plain_federation(cfg: RunConfig) -> tuple[torch.nn.Module, list[float]]:
     its final model is the reference the Flower run must reproduce.
     """
     from clients.app import local_seed, user_batch
-    from clients.training import evaluate, local_train
+    from clients.training import local_train
     from fl_sim.federation import prepare_users
     from fl_sim.models import build_model, task_heads
+    from fl_sim.utility import HoldoutEvaluator
 
     users = [u.user for u in prepare_users(cfg)]
     heads = task_heads(cfg.task, users)
     model = build_model(cfg.model.name, heads, cfg.data.image_size, cfg.model.width, cfg.seed)
+    utility = HoldoutEvaluator(cfg, users)
     times = []
     for rnd in range(1, cfg.rounds + 1):
         t0 = time.time()
@@ -46,9 +48,7 @@ def plain_federation(cfg: RunConfig) -> tuple[torch.nn.Module, list[float]]:
                 acc[k] += v.double() * res.num_examples
             total += res.num_examples
         model.load_state_dict({k: (v / total).to(global_state[k].dtype) for k, v in acc.items()})
-        for u in users:
-            data, _, yh = user_batch(cfg, u, heads)
-            evaluate(model, data.holdout, yh, heads)
+        utility(model.state_dict())
         times.append(time.time() - t0)
     return model, times
 

@@ -352,7 +352,7 @@ def prior_eval(prior: str = PRIOR, images: int = typer.Option(100, "--images"),
 
 # -- bench -------------------------------------------------------------------------------
 @bench_app.command("federation")
-def bench_federation(as_json: bool = typer.Option(False, "--json"), rounds: int = typer.Option(3, "--rounds"),
+def bench_federation(as_json: bool = typer.Option(False, "--json"), rounds: int = typer.Option(6, "--rounds"),
                      set_: Optional[list[str]] = typer.Option(None, "--set"),
                      runs_dir: Path = typer.Option(Path(".cache/bench-runs"), "--runs-dir")) -> None:
     """Round wall time of the Flower/Ray simulation vs the same training in a plain loop."""

@@ -56,6 +56,8 @@ class SimulationConfig:
     client_gpus: float = _f(0.0, "GPUs (fraction) reserved per client actor", min=0.0)
     torch_threads: int = _f(1, "torch intra-op threads inside each client actor", min=1)
     ray_num_cpus: int = _f(0, "CPUs Ray may use (0: all of this machine's)", min=0)
+    pull_interval_s: float = _f(0.01, "how often the server polls the simulation for replies (Flower's default: 0.1)",
+                                min_exclusive=0.0)
 
 
 @dataclass
@@ -92,6 +94,9 @@ class RunConfig:
     local_epochs: int = _f(1, "FedAvg: local epochs per round", min=1)
     local_batch_size: int = _f(8, "FedAvg: mini-batch size of local SGD", min=1)
     clients_per_round: float = _f(1.0, "clients per round: a fraction in (0, 1] or a count > 1", min_exclusive=0.0)
+    utility_eval: str = _f("harness", "held-out accuracy per round: harness (the simulator evaluates every user's "
+                                      "held-out photos; same numbers, no extra message round) | clients (Flower's "
+                                      "federated evaluation)", choices=("harness", "clients"))
     data: DataConfig = field(default_factory=DataConfig, metadata=doc("dataset"))
     model: ModelConfig = field(default_factory=ModelConfig, metadata=doc("model"))
     simulation: SimulationConfig = field(default_factory=SimulationConfig, metadata=doc("simulation engine"))

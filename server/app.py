@@ -15,6 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 from fl_sim.config import RunConfig
 from fl_sim.models import build_model, task_heads
 from fl_sim.store import RunStore
+from fl_sim.utility import HoldoutEvaluator
 from server.curious import AttackDispatcher, CuriousStrategy
 from server.strategy import RecordingStrategy, SeededFedAvg, update_norms
 from server.worker import make_remote_worker
@@ -61,6 +62,10 @@ def serve(grid: Grid, cfg: RunConfig, users: list[str], run_dir: Path,
           outcome: dict[str, Any] | None = None) -> None:
     """The server's whole run: discover users, build the strategy, run the rounds, record them."""
     heads = task_heads(cfg.task, users)
+    if hasattr(grid, "pull_interval"):
+        # The in-memory grid polls for replies every 0.1 s by default, which alone costs most of a
+        # small round; polling faster is cheap next to a round's training.
+        grid.pull_interval = cfg.simulation.pull_interval_s
     store = RunStore(run_dir / "store.sqlite")
     try:
         user_of_node = discover_users(grid, len(users))
@@ -84,8 +89,11 @@ def serve(grid: Grid, cfg: RunConfig, users: list[str], run_dir: Path,
             if progress:
                 progress(rnd, rec)
 
+        harness = cfg.utility_eval == "harness"
         inner = SeededFedAvg(node_of_user={u: n for n, u in user_of_node.items()}, sample=cfg.round_users,
-                             min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=len(users))
+                             min_train_nodes=1, min_evaluate_nodes=0 if harness else 1,
+                             min_available_nodes=len(users), fraction_evaluate=0.0 if harness else 1.0)
+        utility = HoldoutEvaluator(cfg, users) if harness else None
         hooks = {"user_of_node": user_of_node, "on_update": on_update, "on_round": on_round}
         if cfg.attack.enabled:
             # Created after Flower's backend started Ray, so Flower's own Ray settings stand.
@@ -95,8 +103,13 @@ def serve(grid: Grid, cfg: RunConfig, users: list[str], run_dir: Path,
         else:
             dispatcher = None
             strategy = RecordingStrategy(inner, **hooks)
+        def evaluate_fn(rnd: int, arrays: ArrayRecord) -> None:
+            # Flower calls this once before training (round 0) and after each round's phases.
+            if rnd > 0:
+                strategy.finish_round(rnd, utility(arrays.to_torch_state_dict()) if utility else None)
+
         result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=cfg.rounds,
-                                train_config=ConfigRecord({"lr": cfg.lr}))
+                                train_config=ConfigRecord({"lr": cfg.lr}), evaluate_fn=evaluate_fn)
         if dispatcher is not None:
             if progress:
                 progress(-1, {"draining": len(dispatcher.pending)})

@@ -34,6 +34,8 @@ class SeededFedAvg(FedAvg):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
+        if self.fraction_evaluate == 0.0:
+            return []  # utility is measured by the simulation harness instead
         # Utility is every user's held-out accuracy, so evaluation asks all of them.
         config["server-round"] = server_round
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
@@ -65,6 +67,7 @@ class RecordingStrategy(Strategy):
         self._round_start = 0.0
         self._train_metrics: dict[str, Any] = {}
         self._n_clients = 0
+        self._eval: dict[str, Any] = {"metrics": {}, "per_user_accuracy": {}}
 
     def __getattr__(self, name: str) -> Any:
         # Anything the wrapper does not define (weighted_by_key, ...) is the inner strategy's.
@@ -112,9 +115,15 @@ class RecordingStrategy(Strategy):
             if not msg.has_error():
                 m = dict(msg.content["metrics"])
                 per_user[self.user_of_node.get(msg.metadata.src_node_id, str(msg.metadata.src_node_id))] = m.get("accuracy")
+        self._eval = {"metrics": dict(metrics) if metrics is not None else {}, "per_user_accuracy": per_user}
+        return metrics
+
+    def finish_round(self, server_round: int, utility: dict[str, Any] | None = None) -> None:
+        """Close a round (called from the strategy's evaluate_fn, after all its phases):
+        ``utility`` from the harness, or the federated evaluation just aggregated."""
+        ev = utility if utility is not None else self._eval
         self.on_round(server_round, {
             "started": self._round_start, "seconds": time.time() - self._round_start,
             "n_clients": self._n_clients, "train": self._train_metrics,
-            "evaluate": dict(metrics) if metrics is not None else {}, "per_user_accuracy": per_user,
+            "evaluate": ev["metrics"], "per_user_accuracy": ev["per_user_accuracy"],
         })
-        return metrics
