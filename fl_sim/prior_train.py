@@ -137,7 +137,7 @@ def train_prior(spec: PriorTrainSpec, out: Path, *, resume: bool = False, images
         step += 1
         losses.append(float(loss.detach()))
         if progress:
-            progress(step, float(loss), seconds + time.time() - t_start)
+            progress(step, losses[-1], seconds + time.time() - t_start)
         if step % spec.checkpoint_every == 0 or step == spec.steps:
             _checkpoint(ckpt, spec, unet, opt, ema, step, seconds + time.time() - t_start, losses, gen)
             export_prior(out, spec, unet, ema, sched, step, seconds + time.time() - t_start, losses)
