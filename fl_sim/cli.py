@@ -329,8 +329,9 @@ def prior_eval(prior: str = PRIOR, images: int = typer.Option(100, "--images"),
 
     t0 = time.time()
     p = _load_prior(prior)
+    load_s = time.time() - t0
     res = evaluate_prior(p, heldout_images(p.size, images))
-    res["load_seconds"] = round(time.time() - t0, 2)
+    res["load_seconds"] = round(load_s, 2)
     if memo:
         ds = open_synthfaces("prior")
         train = to_tensor(np.stack([ds.photos_uint8(u.user)[0] for u in ds.users()[:2000]]), p.size)
