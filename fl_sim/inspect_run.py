@@ -31,7 +31,6 @@ def user_panel(run_dir: Path, user: str, rnd: int | None = None, out: Path | Non
     from PIL import Image, ImageDraw
 
     from fl_sim.data import open_dataset
-    from fl_sim.data.base import to_tensor  # noqa: F401 - same decoding as the run
     from fl_sim.evaluators.face import to_uint8_hwc
 
     store = RunStore(run_dir / "store.sqlite", readonly=True)

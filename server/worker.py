@@ -8,7 +8,6 @@ call never holds a handle to them.
 from __future__ import annotations
 
 import os
-import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,15 +122,3 @@ def make_remote_worker(num_cpus: float, num_gpus: float) -> Any:
 
     actor = ray.remote(max_restarts=-1, max_task_retries=0)(AttackWorker)
     return actor.options(num_cpus=num_cpus, num_gpus=num_gpus).remote(low_priority=num_gpus == 0)
-
-
-def wait_for(futures: list[Any], timeout: float) -> tuple[list[Any], list[Any]]:
-    import ray
-
-    if not futures:
-        return [], []
-    return ray.wait(futures, num_returns=len(futures), timeout=timeout)
-
-
-def now() -> float:
-    return time.time()

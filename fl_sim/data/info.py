@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -116,10 +117,8 @@ def _detection_rate(images: torch.Tensor, owner: np.ndarray, per_user: int = 1) 
     return MtcnnDetector().detection_rate(images[first])
 
 
-def contact_sheet(spec: str, out: "Path", users: int = 10, photos: int = 8, scale: int = 2) -> "Path":
+def contact_sheet(spec: str, out: Path, users: int = 10, photos: int = 8, scale: int = 2) -> Path:
     """A PNG grid: one row per user (their first ``photos`` photos), labelled with id and attributes."""
-    from pathlib import Path
-
     from PIL import Image, ImageDraw
 
     ds = open_dataset(spec)
