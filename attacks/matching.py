@@ -9,13 +9,28 @@ from attacks.observation import Observation
 
 
 def candidate_gradients(obs: Observation, params: dict[str, torch.Tensor], x: torch.Tensor,
-                        y: torch.Tensor) -> dict[str, torch.Tensor]:
-    """∇θ ℓ(f_θ(x_b), y_b) for each candidate b separately, differentiable in x: {name: (B, ...)}."""
+                        y: torch.Tensor, steps: int = 1) -> dict[str, torch.Tensor]:
+    """∇θ ℓ(f_θ(x_b), y_b) for each candidate b separately, differentiable in x: {name: (B, ...)}.
+
+    ``steps`` > 1 simulates a FedAvg client instead: that many local SGD steps (the observation's
+    lr) on the candidate, returned as the pseudo-gradient (θ0 − θK)/(η·K) the server computes from
+    the real update — differentiable through all K steps (K times the cost).
+    """
 
     def loss_one(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
         return obs.loss_fn(functional_call(obs.model, p, (xi[None],)), yi[None])
 
-    return vmap(grad(loss_one), in_dims=(None, 0, 0))(params, x, y)
+    if steps <= 1:
+        return vmap(grad(loss_one), in_dims=(None, 0, 0))(params, x, y)
+
+    def pseudo_one(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> dict[str, torch.Tensor]:
+        q = p
+        for _ in range(steps):
+            g = grad(loss_one)(q, xi, yi)
+            q = {k: q[k] - obs.lr * g[k] for k in q}
+        return {k: (p[k] - q[k]) / (obs.lr * steps) for k in p}
+
+    return vmap(pseudo_one, in_dims=(None, 0, 0))(params, x, y)
 
 
 def _flat(g: dict[str, torch.Tensor], keys: list[str], batched: bool) -> torch.Tensor:

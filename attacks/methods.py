@@ -16,7 +16,8 @@ from attacks.priors import DiffusionPrior
 
 @dataclass(frozen=True)
 class AttackConfig:
-    """Shared knobs; each method reads the ones it uses (defaults measured, see docs/BENCHMARKS.md)."""
+    """Shared knobs; each method reads the ones it uses. Each method registers its own measured
+    defaults (``method_config``); the values here are only the base they override (docs/BENCHMARKS.md)."""
 
     iterations: int = 400
     lr: float = 0.05
@@ -31,6 +32,8 @@ class AttackConfig:
     prior_weight: float = 0.3  # λ: ratio of the unit-normalised prior and matching pixel gradients
     construction: str = "sds"  # sds | latent
     projection_t: int = 0  # >0: finish by re-noising to this t and denoising (DDIM)
+    prior_every: int = 1  # query the prior every k-th iteration and hold its gradient in between
+    fedavg: str = "pseudo"  # FedAvg updates: pseudo (match Δ/(ηK) as a gradient) | simulate (K local steps)
     seed: int = 0
 
 
@@ -49,14 +52,24 @@ class Reconstruction:
 
 AttackFn = Callable[[list[Observation], DiffusionPrior | None, AttackConfig], list[Reconstruction]]
 ATTACKS: dict[str, AttackFn] = {}
+DEFAULTS: dict[str, AttackConfig] = {}
 
 
-def register_attack(name: str) -> Callable[[AttackFn], AttackFn]:
+def register_attack(name: str, defaults: AttackConfig | None = None) -> Callable[[AttackFn], AttackFn]:
+    """Register a method under ``name`` with its own default config."""
     def deco(fn: AttackFn) -> AttackFn:
         ATTACKS[name] = fn
+        DEFAULTS[name] = defaults or AttackConfig()
         return fn
 
     return deco
+
+
+def method_config(name: str, **overrides: object) -> AttackConfig:
+    """The method's registered defaults with ``overrides`` applied (unknown keys raise)."""
+    if name not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r} (known: {', '.join(sorted(ATTACKS))})")
+    return replace(DEFAULTS[name], **overrides)
 
 
 def run_attack(name: str, observations: list[Observation], prior: DiffusionPrior | None = None,
@@ -66,7 +79,7 @@ def run_attack(name: str, observations: list[Observation], prior: DiffusionPrior
         raise ValueError(f"unknown attack {name!r} (known: {', '.join(sorted(ATTACKS))})")
     if not observations:
         return []
-    return ATTACKS[name](observations, prior, config or AttackConfig())
+    return ATTACKS[name](observations, prior, config or DEFAULTS[name])
 
 
 # -- shared machinery ----------------------------------------------------------------------
@@ -77,9 +90,10 @@ class _Problem:
     targets: list[dict[str, torch.Tensor]]
     labels: torch.Tensor  # (B, heads)
     inferred: list[InferredLabels]
+    steps: int = 1  # >1: candidates simulate that many local FedAvg steps
 
 
-def _problem(observations: list[Observation]) -> _Problem:
+def _problem(observations: list[Observation], cfg: AttackConfig) -> _Problem:
     first = observations[0]
     for o in observations[1:]:
         if o.image_shape != first.image_shape or o.round != first.round:
@@ -88,7 +102,12 @@ def _problem(observations: list[Observation]) -> _Problem:
     params = {k: v.detach() for k, v in first.global_params.items()}
     targets = [{k: v.detach() for k, v in o.gradient().items()} for o in observations]
     labels = torch.stack([inf.as_tensor(first.heads) for inf in inferred])
-    return _Problem(first, params, targets, labels, inferred)
+    if cfg.fedavg not in ("pseudo", "simulate"):
+        raise ValueError(f"fedavg mode {cfg.fedavg!r} is not pseudo or simulate")
+    steps = first.local_steps if cfg.fedavg == "simulate" and first.protocol == "fedavg" else 1
+    if steps > 1 and any(o.local_steps != steps for o in observations):
+        raise ValueError("simulating FedAvg in one batch needs observations with the same number of local steps")
+    return _Problem(first, params, targets, labels, inferred, steps)
 
 
 def _init(n: int, shape: tuple[int, int, int], cfg: AttackConfig, restart: int) -> torch.Tensor:
@@ -112,7 +131,7 @@ def _optimise(method: str, observations: list[Observation], cfg: AttackConfig,
               signed: bool = False) -> list[Reconstruction]:
     """Adam on the pixels of all users' candidates at once; restarts keep each user's best."""
     t0 = time.time()
-    pb = _problem(observations)
+    pb = _problem(observations, cfg)
     n = len(observations)
     best_x = torch.zeros(n, *pb.obs.image_shape)
     best_loss = torch.full((n,), float("inf"))
@@ -145,19 +164,19 @@ def _optimise(method: str, observations: list[Observation], cfg: AttackConfig,
 
 
 def _matching(pb: _Problem, x: torch.Tensor, cosine: bool) -> torch.Tensor:
-    cand = candidate_gradients(pb.obs, pb.params, x, pb.labels)
+    cand = candidate_gradients(pb.obs, pb.params, x, pb.labels, pb.steps)
     return cosine_distance(cand, pb.targets) if cosine else l2_distance(cand, pb.targets)
 
 
 # -- methods -------------------------------------------------------------------------------
-@register_attack("dlg")
+@register_attack("dlg", AttackConfig(init="randn", tv=0.0))
 def dlg(observations: list[Observation], prior: DiffusionPrior | None, cfg: AttackConfig) -> list[Reconstruction]:
-    """Deep Leakage from Gradients (with iDLG's inferred labels): L2 gradient matching."""
-    cfg = replace(cfg, init="randn") if cfg.init == "zeros" else cfg
+    """Deep Leakage from Gradients (with iDLG's inferred labels): L2 gradient matching from noise."""
     return _optimise("dlg", observations, cfg, lambda pb, x: _matching(pb, x, cosine=False))
 
 
-@register_attack("ig")
+# ig: lr and TV swept on 20 users at rounds 0 and 5 (docs/BENCHMARKS.md); signed Adam, zeros start.
+@register_attack("ig", AttackConfig(lr=0.1, tv=0.05))
 def inverting_gradients(observations: list[Observation], prior: DiffusionPrior | None,
                         cfg: AttackConfig) -> list[Reconstruction]:
     """Inverting Gradients: cosine distance + total variation, signed Adam, box constraint, restarts."""
@@ -174,7 +193,9 @@ def sliding_window(iterations: int, t_max: int, t_min: int, window: int) -> list
     return out
 
 
-@register_attack("diffusion")
+# diffusion: lr, λ, schedule, projection and prior_every swept the same way; the prior is queried
+# every 4th iteration (costs ≤ 2x ig per iteration; quality within noise of every iteration).
+@register_attack("diffusion", AttackConfig(lr=0.1, prior_weight=0.4, prior_every=4))
 def diffusion(observations: list[Observation], prior: DiffusionPrior | None,
               cfg: AttackConfig) -> list[Reconstruction]:
     """User-level inversion under a diffusion prior (seed 1), score-distillation construction.
@@ -191,16 +212,19 @@ def diffusion(observations: list[Observation], prior: DiffusionPrior | None,
     gen = torch.Generator().manual_seed(cfg.seed)
     size = observations[0].image_shape[-1]
 
+    unit = lambda g: g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)  # noqa: E731
+    held: list[torch.Tensor] = []
+
     def hook(it: int, x: torch.Tensor, g_match: torch.Tensor) -> torch.Tensor:
-        lo, hi = windows[it]
-        t = torch.randint(lo, hi + 1, (x.shape[0],), generator=gen)
-        xp = prior.to_prior(x).to(prior.device)
-        noise = torch.randn(xp.shape, generator=gen).to(prior.device)
-        with torch.no_grad():
-            g_prior = prior.eps(prior.add_noise(xp, t.to(prior.device), noise), t.to(prior.device)) - noise
-        g_prior = prior.from_prior(g_prior.cpu(), size)
-        unit = lambda g: g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)  # noqa: E731
-        return unit(g_match) + cfg.prior_weight * unit(g_prior)
+        if it % max(cfg.prior_every, 1) == 0 or not held:
+            lo, hi = windows[it]
+            t = torch.randint(lo, hi + 1, (x.shape[0],), generator=gen).to(prior.device)
+            xp = prior.to_prior(x).to(prior.device)
+            noise = torch.randn(xp.shape, generator=gen).to(prior.device)
+            with torch.inference_mode():
+                g_prior = prior.eps(prior.add_noise(xp, t, noise), t) - noise
+            held[:] = [unit(prior.from_prior(g_prior.cpu(), size))]
+        return unit(g_match) + cfg.prior_weight * held[0]
 
     recs = _optimise("diffusion", observations, cfg, lambda pb, x: _matching(pb, x, cosine=True), step_hook=hook)
     if cfg.projection_t > 0:
@@ -220,7 +244,7 @@ def _project(recs: list[Reconstruction], prior: DiffusionPrior, t: int, size: in
 def _diffusion_latent(observations: list[Observation], prior: DiffusionPrior, cfg: AttackConfig) -> list[Reconstruction]:
     """Construction (b): optimise x_t at the current t, match on x̂0 = decode(x_t), DDIM-step down the window."""
     t0 = time.time()
-    pb = _problem(observations)
+    pb = _problem(observations, cfg)
     n, size = len(observations), observations[0].image_shape[-1]
     ts = prior.timesteps(cfg.t_max, max(2, cfg.iterations // 10))
     per_t = max(1, cfg.iterations // len(ts))

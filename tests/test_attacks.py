@@ -91,3 +91,47 @@ def test_attacks_are_batched_over_users_and_keep_them_apart() -> None:
     for k, r in enumerate(recs):
         errs = [float(((r.image - x[0]) ** 2).mean()) for x in xs]
         assert errs.index(min(errs)) == k and r.labels == {"gender": k % 2, "age_band": k % 3}
+
+
+def test_simulated_fedavg_matches_exactly_at_the_truth_and_the_pseudo_gradient_does_not() -> None:
+    # A client that took K full-batch SGD steps on one image: simulating those K steps at the true
+    # image reproduces its pseudo-gradient exactly; reading Δ/(ηK) as one gradient does not.
+    heads = task_heads("attributes", [])
+    model = build_model("convnet", heads, 8, 4, seed=0)
+    x, y, lr, k = torch.rand(1, 3, 8, 8) * 2 - 1, torch.tensor([[1, 0]]), 0.05, 3
+    params = {n: v.detach().clone() for n, v in model.named_parameters()}
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    for _ in range(k):
+        opt.zero_grad()
+        task_loss(model(x), y, heads).backward()
+        opt.step()
+    update = {n: params[n] - v.detach() for n, v in model.named_parameters()}
+    model.load_state_dict(params, strict=False)
+    obs = Observation(model=model, global_params=params, update=update, protocol="fedavg", num_examples=1, lr=lr,
+                      loss_fn=partial(task_loss, heads=heads), heads=tuple((h.name, len(h.classes)) for h in heads),
+                      image_shape=(3, 8, 8), local_steps=k)
+    sim = candidate_gradients(obs, params, x, y, steps=k)
+    assert float(cosine_distance(sim, [obs.gradient()])) == pytest.approx(0.0, abs=1e-5)
+    one = candidate_gradients(obs, params, x, y)
+    assert float(cosine_distance(one, [obs.gradient()])) > 1e-4
+
+
+def test_diffusion_queries_the_prior_every_kth_iteration_and_repeats_with_its_seed() -> None:
+    from attacks.priors import load_prior
+
+    heads = task_heads("attributes", [])
+    model = build_model("convnet", heads, 16, 4, seed=0)
+    gen = torch.Generator().manual_seed(1)
+    obs = [_observe(model, torch.rand(4, 3, 16, 16, generator=gen) * 2 - 1, torch.tensor([[k, 1]] * 4), heads)
+           for k in range(2)]
+    prior = load_prior("faces32")
+    calls = []
+    real = prior.eps
+    prior.eps = lambda x_t, t: calls.append(len(x_t)) or real(x_t, t)  # count the real network's calls
+    cfg = AttackConfig(iterations=12, prior_every=4, lr=0.1)
+    a = run_attack("diffusion", obs, prior, cfg)
+    assert calls == [2, 2, 2]  # iterations 0, 4, 8; both users in one batch
+    b = run_attack("diffusion", obs, prior, cfg)
+    assert all(torch.equal(r.image, s.image) for r, s in zip(a, b))
+    c = run_attack("diffusion", obs, prior, AttackConfig(iterations=12, prior_every=4, lr=0.1, seed=1))
+    assert not torch.equal(a[0].image, c[0].image)
