@@ -52,13 +52,14 @@ def _pid_alive(pid: int | None) -> bool:
 class RunStore:
     """One run's SQLite store. Each write commits, so a killed run keeps what it finished."""
 
-    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False, threads: bool = False) -> None:
+        """``threads``: the connection may be used from a thread other than its creator's (one at a time)."""
         self.path = path
         self.dir = path.parent
         if readonly:
             self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
         else:
-            self._db = sqlite3.connect(path, timeout=30)
+            self._db = sqlite3.connect(path, timeout=30, check_same_thread=not threads)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(SCHEMA)
         self._db.row_factory = sqlite3.Row
@@ -111,15 +112,41 @@ class RunStore:
                            " VALUES (?,?,?,?,?,?,?)", (rnd, user, aggregate_size, method, status, time.time(),
                                                       json.dumps(defenses or {})))
 
+    def add_attacks(self, rows: list[dict[str, Any]]) -> list[int]:
+        """Several ``add_attack`` rows in one transaction (one commit: the server's round waits on it)."""
+        ids = []
+        now = time.time()
+        for r in rows:
+            cur = self._db.execute(
+                "INSERT INTO attacks (round, user, aggregate_size, method, status, created, defenses) VALUES (?,?,?,?,?,?,?)",
+                (r["rnd"], r["user"], r.get("aggregate_size", 1), r["method"], r["status"], now,
+                 json.dumps(r.get("defenses") or {})))
+            ids.append(int(cur.lastrowid or 0))
+        self._db.commit()
+        return ids
+
+    def mark_running(self, attack_ids: list[int]) -> None:
+        """The worker took up these attacks (one commit)."""
+        now = time.time()
+        self._db.executemany("UPDATE attacks SET status='running', started=? WHERE id=?", [(now, a) for a in attack_ids])
+        self._db.commit()
+
     def update_attack(self, attack_id: int, *, status: str, metrics: dict[str, Any] | None = None,
-                      image: str | None = None, error: str | None = None, started: float | None = None) -> None:
+                      image: str | None = None, error: str | None = None, started: float | None = None,
+                      commit: bool = True) -> None:
+        """``commit=False`` batches several updates into the next commit (``commit()``)."""
         now = time.time()
         if status == "running":
-            self._write("UPDATE attacks SET status=?, started=? WHERE id=?", (status, started or now, attack_id))
-            return
-        self._write("UPDATE attacks SET status=?, finished=?, seconds=?-COALESCE(started, created), metrics=?,"
-                    " image=?, error=? WHERE id=?",
-                    (status, now, now, json.dumps(metrics or {}), image, error, attack_id))
+            self._db.execute("UPDATE attacks SET status=?, started=? WHERE id=?", (status, started or now, attack_id))
+        else:
+            self._db.execute("UPDATE attacks SET status=?, finished=?, seconds=?-COALESCE(started, created), metrics=?,"
+                             " image=?, error=? WHERE id=?",
+                             (status, now, now, json.dumps(metrics or {}), image, error, attack_id))
+        if commit:
+            self._db.commit()
+
+    def commit(self) -> None:
+        self._db.commit()
 
     # -- reads ---------------------------------------------------------------------
     def run(self) -> dict[str, Any]:

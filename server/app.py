@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
@@ -67,6 +68,8 @@ def serve(grid: Grid, cfg: RunConfig, users: list[str], run_dir: Path,
         # small round; polling faster is cheap next to a round's training.
         grid.pull_interval = cfg.simulation.pull_interval_s
     store = RunStore(run_dir / "store.sqlite")
+    dispatcher: AttackDispatcher | None = None
+    attack_store: RunStore | None = None
     try:
         user_of_node = discover_users(grid, len(users))
         for node, user in user_of_node.items():
@@ -98,10 +101,16 @@ def serve(grid: Grid, cfg: RunConfig, users: list[str], run_dir: Path,
         if cfg.attack.enabled:
             # Created after Flower's backend started Ray, so Flower's own Ray settings stand.
             worker = make_remote_worker(cfg.attack.worker_cpus, cfg.attack.worker_gpus)
-            dispatcher = AttackDispatcher(cfg, heads, users, run_dir, store, worker)
+            # Wait for its start-up (imports, prior, evaluators) here: it would otherwise compete
+            # with the first rounds' training for the CPU.
+            ray.get(worker.warm_up.remote(cfg.attack.prior if "diffusion" in cfg.attack.methods else None))
+            # The dispatcher's own connection: its pump thread writes attacks while this thread
+            # writes rounds and updates (WAL; sqlite serialises the two writers).
+            attack_store = RunStore(run_dir / "store.sqlite", threads=True)
+            dispatcher = AttackDispatcher(cfg, heads, users, run_dir, attack_store, worker)
+            dispatcher.start()
             strategy: RecordingStrategy = CuriousStrategy(inner, dispatcher=dispatcher, **hooks)
         else:
-            dispatcher = None
             strategy = RecordingStrategy(inner, **hooks)
         def evaluate_fn(rnd: int, arrays: ArrayRecord) -> None:
             # Flower calls this once before training (round 0) and after each round's phases.
@@ -123,4 +132,8 @@ def serve(grid: Grid, cfg: RunConfig, users: list[str], run_dir: Path,
             outcome["error"] = f"{exc.__class__.__name__}: {exc}"
         raise
     finally:
+        if dispatcher is not None:
+            dispatcher.stop()
+        if attack_store is not None:
+            attack_store.close()
         store.close()

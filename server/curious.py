@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -11,13 +13,16 @@ from typing import Any
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
 
-from attacks.methods import AttackConfig
+from attacks.methods import method_config
 from fl_sim.config import RunConfig
 from fl_sim.models import Head
 from fl_sim.store import RunStore
-from server.observe import build_observation
+from server.observe import RoundReplies
 from server.strategy import RecordingStrategy
 from server.worker import AttackJob, AttackOutcome
+
+
+_STOP = object()
 
 
 @dataclass
@@ -26,10 +31,18 @@ class _Pending:
     job: AttackJob
     attack_ids: dict[tuple[str | None, str], int]
     submitted: float = field(default_factory=time.time)
+    started: bool = False
 
 
 class AttackDispatcher:
-    """Bounded queue of attack jobs on a worker; results are written to the store as they come."""
+    """Bounded queue of attack jobs on a worker; results are written to the store as they come.
+
+    Used directly, every call runs on the caller's thread. After ``start()``, ``observe_round``
+    only hands the round's replies to a pump thread (which writes the queued rows, submits the
+    job and collects results), so the server's round is not held up by attack bookkeeping; the
+    store then must be a connection opened with ``threads=True``. The worker, not the server,
+    turns the replies' arrays into observations.
+    """
 
     def __init__(self, cfg: RunConfig, heads: list[Head], users: list[str], run_dir: Path, store: RunStore,
                  worker: Any) -> None:
@@ -37,41 +50,107 @@ class AttackDispatcher:
         self.worker = worker
         self.pending: list[_Pending] = []
         self._next_id = 0
+        self._worker_died = False  # set when a job fails because the worker process died
+        self._thread: threading.Thread | None = None
+        self._inbox: queue.Queue[Any] = queue.Queue()
+        self._cond = threading.Condition()
+        self._in_flight = 0  # rounds handed over and not yet finished (the queue's occupancy)
+        self._error: BaseException | None = None
+
+    # -- background pump -------------------------------------------------------------------
+    def start(self) -> None:
+        """Run the bookkeeping on a pump thread from now on."""
+        self._thread = threading.Thread(target=self._pump, name="attack-dispatcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the pump without draining (the run failed); idempotent."""
+        if self._thread is not None:
+            self._inbox.put(_STOP)
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def _pump(self) -> None:
+        try:
+            while True:
+                try:
+                    item = self._inbox.get(timeout=0.5)
+                except queue.Empty:
+                    item = None
+                if item is _STOP:
+                    return
+                if item is not None:
+                    rnd, global_state, replies, aggregate_size, dropped = item
+                    if not self._dispatch(rnd, global_state, replies, aggregate_size, dropped) and not dropped:
+                        self._release(1)  # nothing to attack in this round after all
+                self._release(self.collect(0.0))
+        except BaseException as exc:  # noqa: BLE001 - surfaced by drain(); the federation must not hang
+            self._error = exc
+            self._release(10 ** 6)
+
+    def _release(self, n: int) -> None:
+        if n:
+            with self._cond:
+                self._in_flight = max(0, self._in_flight - n)
+                self._cond.notify_all()
 
     def observe_round(self, rnd: int, global_state: dict[str, Any], replies: list[tuple[str | None, Message]],
                       aggregate_size: int = 1) -> None:
-        """Queue one job for this round's chosen replies (does not block unless the queue is full)."""
-        a = self.cfg.attack
+        """Queue one job for this round's chosen replies (blocks only when the queue is full and
+        ``when_full`` is ``wait``)."""
         if not self.cfg.attacked_round(rnd):
             return
-        chosen = set(self.cfg.attacked_users(self.users)) if aggregate_size == 1 else None
-        obs, targets = [], []
-        for user, msg in replies:
-            if chosen is not None and user not in chosen:
-                continue
-            client_state = {k: v.numpy() for k, v in msg.content["arrays"].items()}
-            obs.append(build_observation(self.cfg, self.heads, global_state, client_state,
-                                         dict(msg.content["metrics"]), rnd=rnd, user=user,
-                                         aggregate_size=aggregate_size))
-            targets.append(user if aggregate_size == 1 else None)
-        if not obs:
+        if self._thread is None:
+            self._dispatch(rnd, global_state, replies, aggregate_size, dropped=False)
             return
-        ids = {(t, m): self.store.add_attack(rnd=rnd, user=t, method=m, status="queued", aggregate_size=aggregate_size)
-               for t in targets for m in a.methods}
+        a = self.cfg.attack
+        with self._cond:
+            while self._in_flight >= a.queue_size and a.when_full == "wait" and self._error is None:
+                self._cond.wait(0.5)
+            dropped = self._in_flight >= a.queue_size
+            if not dropped:
+                self._in_flight += 1
+        self._inbox.put((rnd, global_state, replies, aggregate_size, dropped))
+
+    # -- the work --------------------------------------------------------------------------
+    def _dispatch(self, rnd: int, global_state: dict[str, Any], replies: list[tuple[str | None, Message]],
+                  aggregate_size: int, dropped: bool) -> bool:
+        """Make the round's job and submit it (or record it dropped); False if nobody was chosen."""
+        a = self.cfg.attack
+        chosen = set(self.cfg.attacked_users(self.users)) if aggregate_size == 1 else None
+        picked = [(u, m) for u, m in replies if chosen is None or u in chosen]
+        if not picked:
+            return False
+        targets = [u if aggregate_size == 1 else None for u, _ in picked]
+        # Plain arrays only: the worker builds the observations (the server's round does not wait on that).
+        obs = RoundReplies(self.cfg, self.heads, rnd, global_state,
+                           [{k: v.numpy() for k, v in m.content["arrays"].items()} for _, m in picked],
+                           [dict(m.content["metrics"]) for _, m in picked], targets, aggregate_size)
+        keys = [(t, m) for t in targets for m in a.methods]
+        ids = dict(zip(keys, self.store.add_attacks([{"rnd": rnd, "user": t, "method": m, "status": "queued",
+                                                      "aggregate_size": aggregate_size} for t, m in keys])))
+        if dropped:
+            for aid in ids.values():
+                self.store.update_attack(aid, status="dropped", error="attack queue full")
+            return True
         self._next_id += 1
         job = AttackJob(job_id=self._next_id, round=rnd, observations=obs, targets=targets, methods=list(a.methods),
-                        attack_config=AttackConfig(iterations=a.iterations, seed=self.cfg.seed), prior=a.prior,
+                        attack_configs={m: method_config(m, iterations=a.iterations, seed=self.cfg.seed)
+                                        for m in a.methods},
+                        prior=a.prior,
                         dataset=self.cfg.data.dataset, image_size=self.cfg.data.image_size,
                         photos_per_user=self.cfg.data.photos_per_user, run_users=list(self.users),
                         run_dir=str(self.run_dir))
-        self.collect(0.0)
-        while len(self.pending) >= a.queue_size:
-            if a.when_full == "drop":
-                for aid in ids.values():
-                    self.store.update_attack(aid, status="dropped", error="attack queue full")
-                return
-            self.collect(1.0)
+        if self._thread is None:  # synchronous use: the queue bound is enforced here
+            self.collect(0.0)
+            while len(self.pending) >= a.queue_size:
+                if a.when_full == "drop":
+                    for aid in ids.values():
+                        self.store.update_attack(aid, status="dropped", error="attack queue full")
+                    return True
+                self.collect(1.0)
         self.submit(job, ids)
+        return True
 
     def _wait_until_alive(self, timeout: float = 60.0) -> None:
         """A job sent while Ray restarts the worker would fail unrun: wait for the worker first."""
@@ -88,10 +167,18 @@ class AttackDispatcher:
                 time.sleep(0.5)
 
     def submit(self, job: AttackJob, ids: dict[tuple[str | None, str], int]) -> None:
-        self._wait_until_alive()
-        for aid in ids.values():
-            self.store.update_attack(aid, status="running")
+        """Send a job (its attacks stay 'queued' in the store until the worker's result arrives)."""
+        if self._worker_died:  # only then is a probe worth its round trip on the server's round
+            self._wait_until_alive()
+            self._worker_died = False
         self.pending.append(_Pending(self.worker.run_job.remote(job), job, ids))
+        self._mark_head_running()
+
+    def _mark_head_running(self) -> None:
+        """The worker runs jobs in submission order: the oldest pending one is the one running."""
+        if self.pending and not self.pending[0].started:
+            self.pending[0].started = True
+            self.store.mark_running(list(self.pending[0].attack_ids.values()))
 
     def collect(self, timeout: float) -> int:
         """Write every finished job's results; returns how many finished."""
@@ -109,17 +196,26 @@ class AttackDispatcher:
                 err = f"{exc.__class__.__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
                 rows = [{"target": t, "method": m, "status": "failed", "error": f"attack worker died mid-job: {err}"}
                         for (t, m) in p.attack_ids]
+                self._worker_died = True
             finished.append(p)
             for row in rows:
                 aid = p.attack_ids[(row["target"], row["method"])]
                 self.store.update_attack(aid, status=row["status"], metrics=row.get("metrics"), image=row.get("image"),
-                                         error=row.get("error"))
+                                         error=row.get("error"), commit=False)
+            self.store.commit()  # one commit per job
         self.pending = [p for p in self.pending if p not in finished]
+        self._mark_head_running()
         return len(finished)
 
     def drain(self, timeout: float) -> None:
         """Wait for the queue (up to ``timeout``); whatever is left is marked unfinished."""
         deadline = time.time() + timeout
+        if self._thread is not None:
+            self._inbox.put(_STOP)  # the pump submits what it was handed, then stops
+            self._thread.join()
+            self._thread = None
+            if self._error is not None:
+                raise RuntimeError(f"attack dispatcher failed: {self._error}") from self._error
         while self.pending and time.time() < deadline:
             self.collect(min(5.0, max(0.0, deadline - time.time())))
         for p in self.pending:
@@ -142,9 +238,13 @@ class CuriousStrategy(RecordingStrategy):
         replies = list(replies)
         result = super().aggregate_train(server_round, replies)
         ok = [(self.user_of_node.get(m.metadata.src_node_id), m) for m in replies if not m.has_error()]
+        # User order, not arrival order: a batched attack draws its noise per batch position, so the
+        # same user must sit at the same position for the same seed to give the same reconstruction.
+        ok.sort(key=lambda um: str(um[0]))
         self.dispatcher.observe_round(server_round, self._global, ok)
         return result
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        self.dispatcher.collect(0.0)
+        if self.dispatcher._thread is None:  # with a pump thread, collecting is its job
+            self.dispatcher.collect(0.0)
         return super().aggregate_evaluate(server_round, replies)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -17,17 +18,48 @@ def _t(v: Any) -> torch.Tensor:
     return torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v).detach().clone()
 
 
-def build_observation(cfg: RunConfig, heads: list[Head], global_state: dict[str, Any], client_state: dict[str, Any],
-                      metrics: dict[str, Any], *, rnd: int, user: str | None, aggregate_size: int = 1) -> Observation:
-    """The observation of one reply: only public facts (config, task, weights) and the update."""
+def global_model(cfg: RunConfig, heads: list[Head], global_state: dict[str, Any]) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """The round's global model (the architecture is public) and its parameters as tensors."""
     model = build_model(cfg.model.name, heads, cfg.data.image_size, cfg.model.width, cfg.seed)
     params = {k: _t(v).float() for k, v in global_state.items() if k in dict(model.named_parameters())}
     model.load_state_dict({k: _t(v) for k, v in global_state.items()}, strict=False)
+    return model.eval(), params
+
+
+def build_observation(cfg: RunConfig, heads: list[Head], global_state: dict[str, Any], client_state: dict[str, Any],
+                      metrics: dict[str, Any], *, rnd: int, user: str | None, aggregate_size: int = 1,
+                      shared: tuple[torch.nn.Module, dict[str, torch.Tensor]] | None = None) -> Observation:
+    """The observation of one reply: only public facts (config, task, weights) and the update.
+
+    ``shared``: the round's ``global_model(...)``, built once for all of a round's replies.
+    """
+    model, params = shared or global_model(cfg, heads, global_state)
     update = {k: params[k] - _t(client_state[k]).float() for k in params}
     return Observation(
-        model=model.eval(), global_params=params, update=update, protocol=cfg.protocol,
+        model=model, global_params=params, update=update, protocol=cfg.protocol,
         num_examples=int(metrics.get("num-examples", cfg.data.photos_per_user)), lr=float(metrics.get("lr", cfg.lr)),
         loss_fn=partial(task_loss, heads=heads), heads=tuple((h.name, len(h.classes)) for h in heads),
         image_shape=(3, cfg.data.image_size, cfg.data.image_size), local_steps=int(metrics.get("local-steps", 1)),
         local_epochs=cfg.local_epochs, local_batch_size=cfg.local_batch_size, aggregate_size=aggregate_size,
         round=rnd, user=user)
+
+
+@dataclass
+class RoundReplies:
+    """One round's chosen replies as plain arrays: what the server ships to the attack worker,
+    which turns them into observations itself (so the server's round does not pay for it)."""
+
+    cfg: RunConfig
+    heads: list[Head]
+    rnd: int
+    global_state: dict[str, Any]
+    client_states: list[dict[str, Any]]
+    metrics: list[dict[str, Any]]
+    users: list[str | None]
+    aggregate_size: int = 1
+
+    def observations(self) -> list[Observation]:
+        shared = global_model(self.cfg, self.heads, self.global_state)  # one model for the whole round
+        return [build_observation(self.cfg, self.heads, self.global_state, cs, m, rnd=self.rnd, user=u,
+                                  aggregate_size=self.aggregate_size, shared=shared)
+                for cs, m, u in zip(self.client_states, self.metrics, self.users)]

@@ -20,20 +20,62 @@ from tests.conftest import REPO, make_face_folder
 TINY = ["data.image_size=16", "data.photos_per_user=4", "data.holdout_per_user=2", "model.width=4"]
 
 
-def test_attacks_change_nothing_clients_or_aggregation_see(tmp_path: Path) -> None:
-    data = make_face_folder(tmp_path / "faces", users=3, photos=6)
-    base = [f"data.dataset=folder:{data}", "users=3", "rounds=2", "protocol=fedavg", *TINY]
-    off = run_federation(load_config(None, base), tmp_path / "off")
-    on = run_federation(load_config(None, [*base, "attack.enabled=true", "attack.methods=ig",
-                                           "attack.iterations=3"]), tmp_path / "on")
-    assert off.status == on.status == "finished", (off.error, on.error)
-    a, b = torch.load(off.run_dir / "final_model.pt"), torch.load(on.run_dir / "final_model.pt")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit-identical
-    st = RunStore(on.run_dir / "store.sqlite", readonly=True)
+def _attacks(run_dir: Path) -> list[dict]:
+    st = RunStore(run_dir / "store.sqlite", readonly=True)
     attacks = st.attacks()
     st.close()
-    assert len(attacks) == 2 * 3 and all(x["status"] == "finished" for x in attacks)
+    return sorted(attacks, key=lambda a: (a["round"], a["user"], a["method"]))
+
+
+def test_attacks_change_nothing_clients_or_aggregation_see_and_repeat_exactly(tmp_path: Path) -> None:
+    data = make_face_folder(tmp_path / "faces", users=3, photos=6)
+    base = [f"data.dataset=folder:{data}", "users=3", "rounds=2", "protocol=fedavg", *TINY]
+    attack = ["attack.enabled=true", "attack.methods=ig,diffusion", "attack.iterations=4"]
+    off = run_federation(load_config(None, base), tmp_path / "off")
+    on = run_federation(load_config(None, [*base, *attack]), tmp_path / "on")
+    again = run_federation(load_config(None, [*base, *attack]), tmp_path / "again")
+    assert off.status == on.status == again.status == "finished", (off.error, on.error, again.error)
+    a, b = torch.load(off.run_dir / "final_model.pt"), torch.load(on.run_dir / "final_model.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit-identical
+    attacks = _attacks(on.run_dir)
+    assert len(attacks) == 2 * 3 * 2 and all(x["status"] == "finished" for x in attacks)
     assert all("face_similarity" in x["metrics"] and (on.run_dir / x["image"]).exists() for x in attacks)
+    # Same seed, same results: every reconstruction (PNG bytes) and every metric repeats.
+    repeat = _attacks(again.run_dir)
+    assert [(x["round"], x["user"], x["method"]) for x in attacks] == [(x["round"], x["user"], x["method"]) for x in repeat]
+    for x, y in zip(attacks, repeat):
+        assert (on.run_dir / x["image"]).read_bytes() == (again.run_dir / y["image"]).read_bytes(), x["image"]
+        drop = ("seconds",)
+        assert {k: v for k, v in x["metrics"].items() if k not in drop} == \
+            {k: v for k, v in y["metrics"].items() if k not in drop}
+    _inspect_and_export(on.run_dir, attacks)
+
+
+def _inspect_and_export(run_dir: Path, attacks: list[dict]) -> None:
+    """What a user reads afterwards: the inspect table, a panel per user, the export's statuses."""
+    import json
+    import subprocess
+
+    from PIL import Image
+
+    from tests.conftest import FL_SIM
+
+    runs, rid = str(run_dir.parent), run_dir.name
+    table = json.loads(subprocess.run([str(FL_SIM), "inspect", rid, "--runs-dir", runs, "--json"],
+                                      capture_output=True, text=True, check=True).stdout)["attacks"]
+    assert {(r["round"], r["user"], r["method"]) for r in table} == {(a["round"], a["user"], a["method"]) for a in attacks}
+    assert all(1 <= r["reid_rank"] <= r["n_users"] == 3 and r["true_gender"] is not None for r in table)
+    one = json.loads(subprocess.run([str(FL_SIM), "inspect", rid, "--runs-dir", runs, "--user", "user01", "--round", "2",
+                                     "--json"], capture_output=True, text=True, check=True).stdout)
+    assert {r["method"] for r in one["attacks"]} == {"ig", "diffusion"} and {r["round"] for r in one["attacks"]} == {2}
+    assert Image.open(one["panel"]).size[0] > 300 and set(one["context"]) >= {"within_user_min", "between_user_mean"}
+    exported = json.loads(subprocess.run([str(FL_SIM), "export", rid, "--runs-dir", runs], capture_output=True,
+                                         text=True, check=True).stdout)
+    assert all(a["status"] == "finished" and {"face_similarity", "reid_rank"} <= set(a["metrics"])
+               and (run_dir / a["image"]).exists() for a in exported["attacks"])
+    bad = subprocess.run([str(FL_SIM), "inspect", rid, "--runs-dir", runs, "--user", "nobody"], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "no user 'nobody'" in bad.stderr and "Traceback" not in bad.stderr
 
 
 @pytest.fixture
@@ -67,12 +109,12 @@ def dispatcher(tmp_path: Path):  # noqa: ANN201 - yields (dispatcher, store, obs
 
 
 def _job(d, obs, cfg, run_dir, rnd: int, **kw):  # noqa: ANN001, ANN202
-    from attacks.methods import AttackConfig
+    from attacks.methods import method_config
     from server.worker import AttackJob
 
     ids = {(o.user, "ig"): d.store.add_attack(rnd=rnd, user=o.user, method="ig", status="queued") for o in obs}
     job = AttackJob(job_id=rnd, round=rnd, observations=obs, targets=[o.user for o in obs], methods=["ig"],
-                    attack_config=AttackConfig(**kw), prior="faces32", dataset=cfg.data.dataset, image_size=16,
+                    attack_configs={"ig": method_config("ig", **kw)}, prior="faces32", dataset=cfg.data.dataset, image_size=16,
                     photos_per_user=4, run_users=[o.user for o in obs], run_dir=str(run_dir))
     return job, ids
 
