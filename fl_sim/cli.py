@@ -64,10 +64,15 @@ def _run_dir(runs_dir: Path, run: str) -> Path:
 def run(config: Optional[Path] = CONFIG, set_: Optional[list[str]] = typer.Option(None, "--set", help="key=value override"),
         runs_dir: Path = RUNS_DIR, as_json: bool = typer.Option(False, "--json", help="print the result as JSON")) -> None:
     """Run a simulated federation and record it in runs/<run-id>/."""
+    _run(config, set_ or [], runs_dir, as_json)
+
+
+def _run(config: Optional[Path], overrides: list[str], runs_dir: Path, as_json: bool) -> Path:
+    """Run, print the rounds (or JSON), exit 1 on a failed run; returns the run folder."""
     from fl_sim.config import load_config
     from fl_sim.federation import prepare_users, run_federation
 
-    cfg = load_config(config, set_ or [])
+    cfg = load_config(config, overrides)
     prepare_users(cfg)  # data errors first: the banner is only printed for a run that will start
 
     def progress(rnd: int, rec: dict[str, Any]) -> None:
@@ -81,6 +86,10 @@ def run(config: Optional[Path] = CONFIG, set_: Optional[list[str]] = typer.Optio
 
     err.print(f"federation: {cfg.users} users, {cfg.rounds} rounds, {cfg.protocol}, task {cfg.task}, "
               f"model {cfg.model.name}, data {cfg.data.dataset} @ {cfg.data.image_size}px")
+    if cfg.attack.enabled:
+        attacked = [r for r in range(1, cfg.rounds + 1) if cfg.attacked_round(r)]
+        err.print(f"curious server: {', '.join(cfg.attack.methods)} on users {cfg.attack.users} in rounds "
+                  f"{', '.join(map(str, attacked)) or 'none'} ({cfg.attack.iterations} iterations)")
     res = run_federation(cfg, runs_dir, progress)
     if as_json:
         _json({"run_id": res.run_id, "run_dir": str(res.run_dir), "status": res.status, "seconds": res.seconds,
@@ -91,6 +100,7 @@ def run(config: Optional[Path] = CONFIG, set_: Optional[list[str]] = typer.Optio
     if res.status != "finished":
         err.print(f"run failed: {res.error}")
         raise typer.Exit(1)
+    return res.run_dir
 
 
 def _print_rounds(run_dir: Path) -> None:
@@ -114,14 +124,36 @@ def _print_rounds(run_dir: Path) -> None:
                   f"{_fmt(rounds[-1]['accuracy'])} ({'+' if delta >= 0 else ''}{delta:.3f})")
 
 
+# The demo's curious server: both methods on every user in the first round (untrained model)
+# and the last (trained), so the panels show what training does to each attack.
+DEMO_OVERRIDES = ["attack.enabled=true", "attack.every=5"]
+
+
 @app.command()
 def demo(runs_dir: Path = RUNS_DIR) -> None:
-    """Run the embedded default federation and say where to look."""
-    run(config=None, set_=[], runs_dir=runs_dir, as_json=False)
+    """Run the embedded default federation with the curious server on, and say where to look."""
+    from fl_sim.inspect_run import attack_table, context_lines, user_panel
+    from fl_sim.store import RunStore
+
+    run_dir = _run(None, DEMO_OVERRIDES, runs_dir, as_json=False)
+    st = RunStore(run_dir / "store.sqlite", readonly=True)
+    rows = attack_table(st)
+    st.close()
+    _attack_rich_table(rows, f"attacks in {run_dir.name}")
+    ctx = context_lines(run_dir)
+    panels = [user_panel(run_dir, u, context=ctx)[0] for u in sorted({r["user"] for r in rows if r["user"]})]
+    out.print(_context_text(ctx))
     out.print("\nwhere to look:")
-    out.print(f"  fl-sim runs --runs-dir {runs_dir}            # every run and its status")
-    out.print(f"  fl-sim export <run-id> --runs-dir {runs_dir} # everything about a run, as JSON")
-    out.print(f"  {runs_dir}/<run-id>/store.sqlite             # the run store (SQLite)")
+    out.print(f"  {run_dir / 'panels'}/   # one PNG per attacked user ({len(panels)}): photos | each reconstruction")
+    out.print(f"  fl-sim inspect {run_dir.name} --runs-dir {runs_dir} [--user U] [--round R] [--json]")
+    out.print(f"  fl-sim export {run_dir.name} --runs-dir {runs_dir}   # everything about the run, as JSON")
+    out.print(f"  fl-sim runs --runs-dir {runs_dir}                       # every run and its status")
+    out.print(f"  {run_dir / 'store.sqlite'}   # the run store (SQLite)")
+
+
+def _context_text(ctx: dict[str, float]) -> str:
+    return (f"context: a user's own photos match each other at {ctx['within_user_min']:.2f}..{ctx['within_user_max']:.2f} "
+            f"(mean {ctx['within_user_mean']:.2f}); different users at {ctx['between_user_mean']:.2f} on average")
 
 
 @app.command()
@@ -163,14 +195,13 @@ def inspect(run: str, user: Optional[str] = typer.Option(None, "--user"), rnd: O
 
     run_dir = _run_dir(runs_dir, run)
     if user is not None:
-        path, rows = user_panel(run_dir, user, rnd)
         ctx = context_lines(run_dir)
+        path, rows = user_panel(run_dir, user, rnd, context=ctx)
         if as_json:
             _json({"panel": str(path), "attacks": rows, "context": ctx})
             return
         _attack_rich_table(rows, f"user {user}")
-        out.print(f"context: within-user similarity {ctx['within_user_min']:.2f}..{ctx['within_user_max']:.2f} "
-                  f"(mean {ctx['within_user_mean']:.2f}), between users {ctx['between_user_mean']:.2f}")
+        out.print(_context_text(ctx))
         out.print(f"panel: {path}")
         return
     st = RunStore(run_dir / "store.sqlite", readonly=True)
@@ -353,13 +384,19 @@ def prior_eval(prior: str = PRIOR, images: int = typer.Option(100, "--images"),
 
 # -- bench -------------------------------------------------------------------------------
 @bench_app.command("federation")
-def bench_federation(as_json: bool = typer.Option(False, "--json"), rounds: int = typer.Option(6, "--rounds"),
+def bench_federation(as_json: bool = typer.Option(False, "--json"),
+                     rounds: Optional[int] = typer.Option(None, "--rounds", help="default 6 (16 with --attacks)"),
                      set_: Optional[list[str]] = typer.Option(None, "--set"),
+                     attacks: bool = typer.Option(False, "--attacks", help="attacks on (every user, every round) vs off"),
                      runs_dir: Path = typer.Option(Path(".cache/bench-runs"), "--runs-dir")) -> None:
-    """Round wall time of the Flower/Ray simulation vs the same training in a plain loop."""
+    """Round wall time of the Flower/Ray simulation vs a plain loop (or, with --attacks, attacks on vs off)."""
     from fl_sim.bench import bench_federation as bench
+    from fl_sim.bench import bench_federation_attacks
+    from fl_sim.config import load_config
 
-    res = bench(set_ or [], rounds=rounds, runs_dir=runs_dir)
+    rounds = rounds or (16 if attacks else 6)
+    load_config(None, [*(set_ or []), f"rounds={rounds}"])  # config errors are one line, before anything runs
+    res = (bench_federation_attacks if attacks else bench)(set_ or [], rounds=rounds, runs_dir=runs_dir)
     if as_json:
         _json(res)
     else:
@@ -369,38 +406,44 @@ def bench_federation(as_json: bool = typer.Option(False, "--json"), rounds: int 
 
 @bench_app.command("attack")
 def bench_attack_cmd(users: int = typer.Option(20, "--users"), batch_sizes: str = typer.Option("32", "--batch-sizes"),
-                     methods: str = typer.Option("ig,diffusion", "--methods"), rnd: int = typer.Option(0, "--round"),
+                     methods: str = typer.Option("ig,diffusion", "--methods"),
+                     rounds: str = typer.Option("0", "--round", help="round(s) of the default federation to attack, e.g. 5 or 0,5"),
                      protocol: str = typer.Option("fedsgd", "--protocol"), prior: str = PRIOR,
                      iterations: Optional[int] = typer.Option(None, "--iterations"),
-                     figure: Optional[Path] = typer.Option(None, "--figure", help="PNG: per user 4 photos | each method"),
+                     figure: Optional[Path] = typer.Option(None, "--figure", help="PNG: per user 4 photos | each method, per round"),
+                     doc: Optional[Path] = typer.Option(None, "--doc", help="write the tables into this markdown file "
+                                                        "(between <!-- bench-attack:PROTOCOL:begin/end --> markers)"),
                      as_json: bool = typer.Option(False, "--json")) -> None:
     """Attack every user's update with each method, same model and seeds; score with the face evaluators."""
     from attacks.methods import ATTACKS
-    from fl_sim.bench import bench_attack, attack_figure
+    from fl_sim.bench import attack_figure, attack_markdown, bench_attack, write_doc_section
 
     wanted = [m.strip() for m in methods.split(",") if m.strip()]
     unknown = [m for m in wanted if m not in ATTACKS]
-    if unknown:
-        raise FlSimError(f"--methods: unknown attack(s) {', '.join(unknown)} (known: {', '.join(sorted(ATTACKS))})")
+    if unknown or not wanted:
+        raise FlSimError(f"--methods: unknown attack(s) {', '.join(unknown) or '(none given)'} "
+                         f"(known: {', '.join(sorted(ATTACKS))})")
     if protocol not in ("fedsgd", "fedavg"):
         raise FlSimError(f"--protocol: {protocol!r} is not fedsgd or fedavg")
-    try:
-        sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
-    except ValueError:
-        raise FlSimError(f"--batch-sizes: expected integers like 8,32,64, got {batch_sizes!r}") from None
-    res = bench_attack(users=users, batch_sizes=sizes, methods=wanted, rnd=rnd, protocol=protocol, prior_spec=prior,
+    sizes, rnds = _int_list("--batch-sizes", batch_sizes, 1), _int_list("--round", rounds, 0)
+    if users < 2:
+        raise FlSimError(f"--users: re-identification needs at least 2 users, got {users}")
+    res = bench_attack(users=users, batch_sizes=sizes, methods=wanted, rounds=rnds, protocol=protocol, prior_spec=prior,
                        iterations=iterations, progress=lambda m: err.print(m))
     if figure:
-        attack_figure(res, figure)
+        err.print(f"figure: {attack_figure(res, figure)}")
+    if doc:
+        write_doc_section(doc, f"bench-attack:{protocol}", attack_markdown(res))
+        err.print(f"tables written to {doc}")
     if as_json:
         _json({k: v for k, v in res.items() if k not in ("images", "photos")})
         return
-    t = Table(title=f"attack bench: round {rnd}, {protocol}, {len(res['users'])} users")
-    for c in ("method", "batch", "face sim", "re-id top1", "top5", "gender acc", "psnr", "s/user"):
+    t = Table(title=f"attack bench: {protocol}, {len(res['users'])} users")
+    for c in ("round", "method", "batch", "face sim", "re-id top1", "top5", "gender acc", "psnr", "s/user"):
         t.add_column(c)
     for r in res["rows"]:
-        t.add_row(r["method"], str(r["batch_size"]), _fmt(r["face_similarity"]), _fmt(r["reid_top1"], 2),
-                  _fmt(r["reid_top5"], 2), _fmt(r["gender_acc"], 2), _fmt(r["psnr"], 1), _fmt(r["seconds_per_user"], 1))
+        t.add_row(str(r["round"]), r["method"], str(r["batch_size"]), _fmt(r["face_similarity"]), _fmt(r["reid_top1"], 2),
+                  _fmt(r["reid_top5"], 2), _fmt(r["gender_acc"], 2), _fmt(r["psnr"], 1), _fmt(r["seconds_per_user"], 2))
     out.print(t)
     for bs, c in res["context"].items():
         ref = res["references"][bs]
@@ -408,6 +451,17 @@ def bench_attack_cmd(users: int = typer.Option(20, "--users"), batch_sizes: str 
                   f"(mean {c['within_user_mean']:.2f}); between users {c['between_user_mean']:.2f}; average face "
                   f"{ref['average_face_similarity']:.3f} (re-id {ref['average_face_reid_top1']:.2f}); user's mean photo "
                   f"{ref['mean_photo_similarity']:.3f} (re-id {ref['mean_photo_reid_top1']:.2f})")
+
+
+def _int_list(option: str, text: str, minimum: int) -> list[int]:
+    """'8,32,64' -> [8, 32, 64], each >= minimum; a one-line error naming the option otherwise."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise FlSimError(f"{option}: expected integers like 8,32,64, got {text!r}") from None
+    if not values or any(v < minimum for v in values):
+        raise FlSimError(f"{option}: expected integers >= {minimum}, got {text!r}")
+    return values
 
 
 def main() -> None:

@@ -26,8 +26,10 @@ def attack_table(store: RunStore) -> list[dict[str, Any]]:
     return rows
 
 
-def user_panel(run_dir: Path, user: str, rnd: int | None = None, out: Path | None = None) -> tuple[Path, list[dict[str, Any]]]:
-    """PNG: the user's photos, then each method's reconstruction per attacked round, labelled."""
+def user_panel(run_dir: Path, user: str, rnd: int | None = None, out: Path | None = None,
+               context: dict[str, float] | None = None) -> tuple[Path, list[dict[str, Any]]]:
+    """PNG: the user's photos, then each method's reconstruction per attacked round, labelled,
+    with the context lines that say what a similarity means (within-user range, between users)."""
     from PIL import Image, ImageDraw
 
     from fl_sim.data import open_dataset
@@ -52,7 +54,7 @@ def user_panel(run_dir: Path, user: str, rnd: int | None = None, out: Path | Non
     rounds = sorted({r["round"] for r in rows})
     methods = sorted({r["method"] for r in rows})
     w = 8 * tile
-    h = tile + 30 + len(rounds) * (tile + 64)
+    h = tile + 46 + len(rounds) * (tile + 16)
     panel = Image.new("RGB", (max(w, len(methods) * (tile + 180)), h), "white")
     draw = ImageDraw.Draw(panel)
     attrs = users[user]["attributes"]
@@ -60,7 +62,12 @@ def user_panel(run_dir: Path, user: str, rnd: int | None = None, out: Path | Non
         panel.paste(Image.fromarray(p).resize((tile, tile), Image.NEAREST), (i * tile, 0))
     draw.text((4, tile + 6), f"user {user}: true gender {attrs.get('gender')}, age {attrs.get('age_band')} "
                              f"(first 8 of their photos above)", fill="black")
-    y = tile + 30
+    if context:
+        draw.text((4, tile + 22), f"similarity context: this run's users match their own photos at "
+                                  f"{context['within_user_min']:.2f}..{context['within_user_max']:.2f} "
+                                  f"(mean {context['within_user_mean']:.2f}), other users at "
+                                  f"{context['between_user_mean']:.2f}", fill="black")
+    y = tile + 46
     for rr in rounds:
         for j, m in enumerate(methods):
             row = next((r for r in rows if r["round"] == rr and r["method"] == m), None)
@@ -74,7 +81,7 @@ def user_panel(run_dir: Path, user: str, rnd: int | None = None, out: Path | Non
                     f"gender {row['inferred_gender']}\nage {row['inferred_age_band']}") if sim is not None else \
                 f"round {rr} {m}\n[{row['status']}]\n{(row['error'] or '')[:40]}"
             draw.text((x + tile + 6, y + 2), text, fill="black")
-        y += tile + 64
+        y += tile + 16
     out = out or run_dir / "panels" / f"{user}{'' if rnd is None else f'_r{rnd:03d}'}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     panel.save(out)
