@@ -77,8 +77,12 @@ def init_run(cfg: RunConfig, runs_dir: Path) -> tuple[list[str], str, Path]:
 
 
 def run_federation(cfg: RunConfig, runs_dir: Path,
-                   progress: Callable[[int, dict[str, Any]], None] | None = None) -> RunResult:
-    """Run one federation to the end; the run folder is either completed or marked failed."""
+                   progress: Callable[[int, dict[str, Any]], None] | None = None,
+                   wrap: Callable[[Any], Any] | None = None) -> RunResult:
+    """Run one federation to the end; the run folder is either completed or marked failed.
+
+    ``wrap(strategy) -> strategy``: an outer Flower strategy around fl-sim's (e.g. a DP wrapper).
+    """
     from flwr.simulation import run_simulation
 
     from clients.app import make_client_app
@@ -91,7 +95,7 @@ def run_federation(cfg: RunConfig, runs_dir: Path,
         quiet_flower()
         os.environ["FLWR_HOME"] = str(run_dir / "flwr_home")
         outcome: dict[str, Any] = {}
-        run_simulation(server_app=make_server_app(cfg, ids, run_dir, progress, outcome),
+        run_simulation(server_app=make_server_app(cfg, ids, run_dir, progress, outcome, wrap),
                        client_app=make_client_app(cfg, ids), num_supernodes=len(ids),
                        backend_name="ray", backend_config=backend_config(cfg))
         if "final_arrays" not in outcome:

@@ -12,6 +12,7 @@ import ray
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
 
 from fl_sim.config import RunConfig
 from fl_sim.models import build_model, task_heads
@@ -43,7 +44,8 @@ def discover_users(grid: Grid, n_nodes: int) -> dict[int, str]:
 
 def make_server_app(cfg: RunConfig, users: list[str], run_dir: Path,
                     progress: Callable[[int, dict[str, Any]], None] | None = None,
-                    outcome: dict[str, Any] | None = None) -> ServerApp:
+                    outcome: dict[str, Any] | None = None,
+                    wrap: Callable[[Strategy], Strategy] | None = None) -> ServerApp:
     """A ServerApp that runs ``cfg.rounds`` rounds and writes the run store in ``run_dir``.
 
     ``outcome`` receives ``final_arrays`` when the strategy finishes, so the caller can tell a
@@ -53,15 +55,19 @@ def make_server_app(cfg: RunConfig, users: list[str], run_dir: Path,
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        serve(grid, cfg, users, run_dir, progress, outcome)
+        serve(grid, cfg, users, run_dir, progress, outcome, wrap)
 
     return app
 
 
 def serve(grid: Grid, cfg: RunConfig, users: list[str], run_dir: Path,
           progress: Callable[[int, dict[str, Any]], None] | None = None,
-          outcome: dict[str, Any] | None = None) -> None:
-    """The server's whole run: discover users, build the strategy, run the rounds, record them."""
+          outcome: dict[str, Any] | None = None, wrap: Callable[[Strategy], Strategy] | None = None) -> None:
+    """The server's whole run: discover users, build the strategy, run the rounds, record them.
+
+    ``wrap`` puts an outer strategy around the recording (or curious) one — e.g. one of Flower's
+    DP wrappers, which then clips what the inner strategy sees and noises what it aggregates.
+    """
     heads = task_heads(cfg.task, users)
     if hasattr(grid, "pull_interval"):
         # The in-memory grid polls for replies every 0.1 s by default, which alone costs most of a
@@ -117,8 +123,9 @@ def serve(grid: Grid, cfg: RunConfig, users: list[str], run_dir: Path,
             if rnd > 0:
                 strategy.finish_round(rnd, utility(arrays.to_torch_state_dict()) if utility else None)
 
-        result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=cfg.rounds,
-                                train_config=ConfigRecord({"lr": cfg.lr}), evaluate_fn=evaluate_fn)
+        outer = wrap(strategy) if wrap is not None else strategy
+        result = outer.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=cfg.rounds,
+                             train_config=ConfigRecord({"lr": cfg.lr}), evaluate_fn=evaluate_fn)
         if dispatcher is not None:
             if progress:
                 progress(-1, {"draining": len(dispatcher.pending)})

@@ -74,7 +74,6 @@ class AttackWorker:
         age_gender()
         return os.getpid()
 
-    @ray.method(concurrency_group="probe")
     def _lower_priority(self) -> None:
         """On a CPU host, every thread of this process yields to the federation: SCHED_IDLE
         (or nice 19 where that is refused). Linux applies both per thread, and Ray runs actor
@@ -92,6 +91,7 @@ class AttackWorker:
                 except OSError:
                     pass
 
+    @ray.method(concurrency_group="probe")
     def pid(self) -> int:
         """Liveness probe; its own concurrency group, so it answers while a job runs."""
         return os.getpid()

@@ -140,6 +140,7 @@ def test_a_killed_worker_fails_its_job_and_is_restarted(dispatcher) -> None:  # 
     long, long_ids = _job(d, obs, cfg, run_dir, 1, iterations=100000)
     d.submit(long, long_ids)
     time.sleep(3)
+    assert ray.get(d.worker.pid.remote(), timeout=10) == pid  # the probe answers while a job runs
     os.kill(pid, signal.SIGKILL)
     d.drain(60)
     rows = {a["id"]: a for a in store.attacks()}
@@ -188,3 +189,25 @@ def test_attacks_cannot_reach_the_dataset(monkeypatch: pytest.MonkeyPatch, tmp_p
     monkeypatch.setattr(data_mod, "open_dataset", poisoned)
     rec = run_attack("ig", [obs], None, AttackConfig(iterations=2))[0]
     assert rec.image.shape == (3, 16, 16)
+
+
+def test_the_curious_server_works_inside_flowers_dp_wrapper(tmp_path: Path) -> None:
+    # Server-side fixed clipping wraps the curious strategy: the curious server then sees (and
+    # attacks) the clipped updates it aggregates, and the run completes with every attack scored.
+    import numpy as np
+    from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
+
+    data = make_face_folder(tmp_path / "faces", users=3, photos=6)
+    cfg = load_config(None, [f"data.dataset=folder:{data}", "users=3", "rounds=2", "protocol=fedsgd", "lr=1.0", *TINY,
+                             "attack.enabled=true", "attack.methods=ig", "attack.iterations=3"])
+    clip = 1e-3
+    res = run_federation(cfg, tmp_path / "runs", wrap=lambda s: DifferentialPrivacyServerSideFixedClipping(
+        s, noise_multiplier=0.1, clipping_norm=clip, num_sampled_clients=3))
+    assert res.status == "finished", res.error
+    st = RunStore(res.run_dir / "store.sqlite", readonly=True)
+    updates, attacks = st.updates(), st.attacks()
+    st.close()
+    assert len(attacks) == 2 * 3 and all(a["status"] == "finished" for a in attacks)
+    norms = [u["update_norm"] for u in updates]
+    assert len(norms) == 2 * 3 and all(n is not None and n <= clip * (1 + 1e-4) for n in norms), norms
+    assert np.isfinite(norms).all()
