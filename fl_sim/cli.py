@@ -439,11 +439,13 @@ def bench_attack_cmd(users: int = typer.Option(20, "--users"), batch_sizes: str 
         _json({k: v for k, v in res.items() if k not in ("images", "photos")})
         return
     t = Table(title=f"attack bench: {protocol}, {len(res['users'])} users")
-    for c in ("round", "method", "batch", "face sim", "re-id top1", "top5", "gender acc", "psnr", "s/user"):
+    for c in ("round", "method", "batch", "face sim", "re-id top1", "top5", "gender acc", "gender from labels",
+              "psnr", "s/user"):
         t.add_column(c)
     for r in res["rows"]:
         t.add_row(str(r["round"]), r["method"], str(r["batch_size"]), _fmt(r["face_similarity"]), _fmt(r["reid_top1"], 2),
-                  _fmt(r["reid_top5"], 2), _fmt(r["gender_acc"], 2), _fmt(r["psnr"], 1), _fmt(r["seconds_per_user"], 2))
+                  _fmt(r["reid_top5"], 2), _fmt(r["gender_acc"], 2), _fmt(r["label_acc"], 2), _fmt(r["psnr"], 1),
+                  _fmt(r["seconds_per_user"], 2))
     out.print(t)
     for bs, c in res["context"].items():
         ref = res["references"][bs]
