@@ -108,9 +108,8 @@ class RunStore:
 
     def add_attack(self, *, rnd: int, user: str | None, method: str, status: str, aggregate_size: int = 1,
                    defenses: dict[str, Any] | None = None) -> int:
-        return self._write("INSERT INTO attacks (round, user, aggregate_size, method, status, created, defenses)"
-                           " VALUES (?,?,?,?,?,?,?)", (rnd, user, aggregate_size, method, status, time.time(),
-                                                      json.dumps(defenses or {})))
+        return self.add_attacks([{"rnd": rnd, "user": user, "method": method, "status": status,
+                                  "aggregate_size": aggregate_size, "defenses": defenses}])[0]
 
     def add_attacks(self, rows: list[dict[str, Any]]) -> list[int]:
         """Several ``add_attack`` rows in one transaction (one commit: the server's round waits on it)."""
@@ -132,16 +131,13 @@ class RunStore:
         self._db.commit()
 
     def update_attack(self, attack_id: int, *, status: str, metrics: dict[str, Any] | None = None,
-                      image: str | None = None, error: str | None = None, started: float | None = None,
-                      commit: bool = True) -> None:
-        """``commit=False`` batches several updates into the next commit (``commit()``)."""
+                      image: str | None = None, error: str | None = None, commit: bool = True) -> None:
+        """An attack's outcome (``running`` is ``mark_running``'s); ``commit=False`` batches several
+        updates into the next ``commit()``."""
         now = time.time()
-        if status == "running":
-            self._db.execute("UPDATE attacks SET status=?, started=? WHERE id=?", (status, started or now, attack_id))
-        else:
-            self._db.execute("UPDATE attacks SET status=?, finished=?, seconds=?-COALESCE(started, created), metrics=?,"
-                             " image=?, error=? WHERE id=?",
-                             (status, now, now, json.dumps(metrics or {}), image, error, attack_id))
+        self._db.execute("UPDATE attacks SET status=?, finished=?, seconds=?-COALESCE(started, created), metrics=?,"
+                         " image=?, error=? WHERE id=?", (status, now, now, json.dumps(metrics or {}), image, error,
+                                                          attack_id))
         if commit:
             self._db.commit()
 

@@ -37,11 +37,11 @@ class _Pending:
 class AttackDispatcher:
     """Bounded queue of attack jobs on a worker; results are written to the store as they come.
 
-    Used directly, every call runs on the caller's thread. After ``start()``, ``observe_round``
-    only hands the round's replies to a pump thread (which writes the queued rows, submits the
-    job and collects results), so the server's round is not held up by attack bookkeeping; the
-    store then must be a connection opened with ``threads=True``. The worker, not the server,
-    turns the replies' arrays into observations.
+    ``observe_round`` only hands the round's replies to a pump thread (which writes the queued
+    rows, submits the job and collects results), so the server's round is not held up by attack
+    bookkeeping; the store must be a connection opened with ``threads=True``. The worker, not the
+    server, turns the replies' arrays into observations. ``submit``/``collect``/``drain`` can also
+    be called directly (tests do), from one thread while no pump runs.
     """
 
     def __init__(self, cfg: RunConfig, heads: list[Head], users: list[str], run_dir: Path, store: RunStore,
@@ -96,13 +96,12 @@ class AttackDispatcher:
 
     def observe_round(self, rnd: int, global_state: dict[str, Any], replies: list[tuple[str | None, Message]],
                       aggregate_size: int = 1) -> None:
-        """Queue one job for this round's chosen replies (blocks only when the queue is full and
-        ``when_full`` is ``wait``)."""
+        """Hand this round's replies to the pump (started on first use). Blocks only when the queue
+        is full and ``when_full`` is ``wait``; with ``drop`` the round's attacks are recorded dropped."""
         if not self.cfg.attacked_round(rnd):
             return
         if self._thread is None:
-            self._dispatch(rnd, global_state, replies, aggregate_size, dropped=False)
-            return
+            self.start()
         a = self.cfg.attack
         with self._cond:
             while self._in_flight >= a.queue_size and a.when_full == "wait" and self._error is None:
@@ -131,7 +130,8 @@ class AttackDispatcher:
                                                       "aggregate_size": aggregate_size} for t, m in keys])))
         if dropped:
             for aid in ids.values():
-                self.store.update_attack(aid, status="dropped", error="attack queue full")
+                self.store.update_attack(aid, status="dropped", error="attack queue full", commit=False)
+            self.store.commit()
             return True
         self._next_id += 1
         job = AttackJob(job_id=self._next_id, round=rnd, observations=obs, targets=targets, methods=list(a.methods),
@@ -141,14 +141,6 @@ class AttackDispatcher:
                         dataset=self.cfg.data.dataset, image_size=self.cfg.data.image_size,
                         photos_per_user=self.cfg.data.photos_per_user, run_users=list(self.users),
                         run_dir=str(self.run_dir))
-        if self._thread is None:  # synchronous use: the queue bound is enforced here
-            self.collect(0.0)
-            while len(self.pending) >= a.queue_size:
-                if a.when_full == "drop":
-                    for aid in ids.values():
-                        self.store.update_attack(aid, status="dropped", error="attack queue full")
-                    return True
-                self.collect(1.0)
         self.submit(job, ids)
         return True
 
@@ -244,7 +236,3 @@ class CuriousStrategy(RecordingStrategy):
         self.dispatcher.observe_round(server_round, self._global, ok)
         return result
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        if self.dispatcher._thread is None:  # with a pump thread, collecting is its job
-            self.dispatcher.collect(0.0)
-        return super().aggregate_evaluate(server_round, replies)
