@@ -39,7 +39,7 @@ def test_analytic_first_layer_inversion_is_exact() -> None:
 def test_matching_loss_is_zero_at_the_true_input() -> None:
     heads = task_heads("attributes", [])
     model = build_model("convnet", heads, 8, 4, seed=0)
-    x = torch.rand(1, 3, 8, 8) * 2 - 1
+    x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
     y = torch.tensor([[0, 2]])
     obs = _observe(model, x, y, heads)
     cand = candidate_gradients(obs, obs.global_params, x, y)
@@ -98,7 +98,10 @@ def test_simulated_fedavg_matches_exactly_at_the_truth_and_the_pseudo_gradient_d
     # image reproduces its pseudo-gradient exactly; reading Δ/(ηK) as one gradient does not.
     heads = task_heads("attributes", [])
     model = build_model("convnet", heads, 8, 4, seed=0)
-    x, y, lr, k = torch.rand(1, 3, 8, 8) * 2 - 1, torch.tensor([[1, 0]]), 0.05, 3
+    # Seeded input, small lr: the loss must not collapse in the first step (then every step's
+    # gradient would be ~0 and both readings would agree).
+    x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    y, lr, k = torch.tensor([[1, 0]]), 0.05, 3
     params = {n: v.detach().clone() for n, v in model.named_parameters()}
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     for _ in range(k):
