@@ -65,6 +65,20 @@ def _hf(arg: str | None) -> FaceDataset:
     return load_hf(name, id_col or "identity")
 
 
+@register_dataset("mnist")
+def _mnist(arg: str | None) -> FaceDataset:
+    from fl_sim.data.mnist import open_mnist
+
+    return open_mnist(arg)
+
+
+@register_dataset("fashion-mnist")
+def _fashion_mnist(arg: str | None) -> FaceDataset:
+    from fl_sim.data.mnist import open_fashion_mnist
+
+    return open_fashion_mnist(arg)
+
+
 def open_dataset(spec: str) -> FaceDataset:
     """Open a dataset from its spec, e.g. ``synthfaces``, ``folder:/data/me``, ``celeba:/data/celeba``."""
     kind, _, arg = spec.partition(":")

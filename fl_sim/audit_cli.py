@@ -1,0 +1,111 @@
+"""`fl-sim audit`: the visual privacy audit of DP-SGD at several μ (see fl_sim/audit.py)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from fl_sim.errors import FlSimError
+
+
+def parse_mus(text: str) -> list[float]:
+    """'1,2,4,8' -> [1.0, 2.0, 4.0, 8.0]; a one-line error naming --mu otherwise."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise FlSimError(f"--mu: expected numbers like 1,2,4,8, got {text!r}") from None
+    if not values:
+        raise FlSimError(f"--mu: expected numbers like 1,2,4,8, got {text!r}")
+    bad = [v for v in values if not (v > 0 and math.isfinite(v))]
+    if bad:
+        raise FlSimError(f"--mu: expected positive finite values, got {bad[0]:g} in {text!r}")
+    return values
+
+
+def _fmt(v: Any, nd: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `audit` to the fl-sim app."""
+
+    @app.command("audit")
+    def audit(mu: str = typer.Option("1,2,4,8,16,32", "--mu", help="comma-separated μ = C/σ = 1/noise multiplier"),
+              data: str = typer.Option("synthfaces:users", "--data", help="audited images (never the prior's split)"),
+              prior: str = typer.Option("faces32", "--prior", help="faces32 (embedded) | a diffusers folder | a hub id"),
+              images: int = typer.Option(16, "--images", help="how many images to audit"),
+              seed: int = typer.Option(0, "--seed"),
+              ddim_steps: int = typer.Option(25, "--ddim-steps", help="reverse steps from t(μ) to 0"),
+              dc: float = typer.Option(0.0, "--dc", help="data-consistency strength toward the observation (0 = off)"),
+              samples: int = typer.Option(1, "--samples", help="average this many posterior samples (needs --eta > 0)"),
+              eta: float = typer.Option(0.0, "--eta", help="DDIM stochasticity (0 = deterministic)"),
+              steps: int = typer.Option(1, "--steps", help="DP-SGD steps for the ε label (1: one Gaussian release)"),
+              sample_rate: float = typer.Option(1.0, "--sample-rate", help="Poisson sampling rate for the ε label"),
+              out_dir: Optional[Path] = typer.Option(None, "--out", help="folder for audit_plot.png and audit_panel.png"),
+              as_json: bool = typer.Option(False, "--json", help="print the result as JSON")) -> None:
+        """What an informed adversary with an image prior recovers from one DP-SGD gradient, per μ, beside the bound."""
+        import sys
+
+        from rich.console import Console
+        from rich.table import Table
+
+        from fl_sim.audit import AuditSettings, plot_metrics, plot_panel, run_audit, validate
+
+        err = Console(stderr=True, width=120)
+        mus = parse_mus(mu)
+        validate(mus, images)
+        if ddim_steps < 1:
+            raise FlSimError(f"--ddim-steps: expected at least 1, got {ddim_steps}")
+        if samples < 1 or (samples > 1 and eta <= 0):
+            raise FlSimError(f"--samples {samples}: needs to be >= 1, and --eta > 0 when > 1 (else the samples are identical)")
+        if steps < 1 or not (0 < sample_rate <= 1):
+            raise FlSimError(f"--steps {steps} / --sample-rate {sample_rate}: expected steps >= 1 and 0 < rate <= 1")
+        settings = AuditSettings(data=data, prior=prior, images=images, seed=seed, ddim_steps=ddim_steps, dc=dc,
+                                 samples=samples, eta=eta, steps=steps, sample_rate=sample_rate)
+        res = run_audit(mus, settings, progress=lambda m: err.print(f"audit: {m}", highlight=False))
+        files = {}
+        if out_dir is not None:
+            files = {"plot": str(plot_metrics(res, out_dir / "audit_plot.png")),
+                     "panel": str(plot_panel(res, out_dir / "audit_panel.png"))}
+        if as_json:
+            import json
+
+            def clean(o: Any) -> Any:
+                if isinstance(o, float) and not math.isfinite(o):
+                    return None
+                if isinstance(o, dict):
+                    return {k: clean(v) for k, v in o.items()}
+                if isinstance(o, (list, tuple)):
+                    return [clean(v) for v in o]
+                return o
+
+            sys.stdout.write(json.dumps(clean({**res.to_json(), **({"files": files} if files else {})}), indent=2) + "\n")
+            return
+        out = Console(width=140)
+        faces = res.meta.get("threshold") is not None
+        t = Table(title=f"visual audit: {data} with prior {prior}, {images} images ({res.meta['privacy']})")
+        cols = ["mu", "eps", "method", "MSE", "SSIM"] + (["face sim", "gender acc", "age acc"] if faces else []) + ["success", "bound"]
+        for c in cols:
+            t.add_column(c)
+        bound = {b["mu"]: b["bound"] for b in res.rero_bound}
+        for r in res.rows:
+            if r.get("beyond_range"):
+                cells = [f"{r['mu']:g}", _fmt(r["eps"], 1), r["method"], "beyond the prior's range"] + \
+                        [""] * (len(cols) - 4)
+            else:
+                cells = [f"{r['mu']:g}", _fmt(r["eps"], 1), r["method"], _fmt(r["mse"]), _fmt(r["ssim"])]
+                if faces:
+                    cells += [_fmt(r["face_similarity"]), _fmt(r.get("gender_accuracy"), 2), _fmt(r.get("age_band_accuracy"), 2)]
+                cells += [_fmt(r["success_rate"], 2), _fmt(bound[r["mu"]], 2)]
+            t.add_row(*cells)
+        out.print(t)
+        out.print(f"success: {res.meta['success_criterion']}")
+        out.print(f"unrelated images: {res.unrelated_similarity:.3f} ({res.meta['unrelated_how']}); "
+                  f"kappa {res.meta['kappa']:.3f} ({res.meta['kappa_how']})")
+        for k, v in files.items():
+            out.print(f"{k}: {v}")
