@@ -29,7 +29,7 @@ def plain_federation(cfg: RunConfig) -> tuple[torch.nn.Module, list[float]]:
 
     users = [u.user for u in prepare_users(cfg)]
     heads = task_heads(cfg.task, users)
-    model = build_model(cfg.model.name, heads, cfg.data.image_size, cfg.model.width, cfg.seed)
+    model = build_model(cfg.model.name, heads, cfg.data.image_size, cfg.model.width, cfg.seed, cfg.model.norm)
     utility = HoldoutEvaluator(cfg, users)
     times = []
     for rnd in range(1, cfg.rounds + 1):
@@ -77,7 +77,7 @@ def _steady(xs: list[float]) -> float:
 
 def bench_federation(overrides: list[str], *, rounds: int, runs_dir: Path) -> dict[str, Any]:
     """Mean round time after the first (actor start-up) round, Flower vs plain, in one process."""
-    cfg = load_config(None, [f"rounds={rounds}", *overrides])
+    cfg = load_config(None, [f"rounds={rounds}", "attack.enabled=false", *overrides])
     flower, flower_total, (res, _) = _flower_rounds(cfg, runs_dir)
     _, plain = plain_federation(cfg)
     return {
@@ -132,7 +132,7 @@ def attacked_model(users: int, rnd: int, seed: int = 0) -> tuple[RunConfig, torc
     cfg = load_config(None, [f"users={users}", f"rounds={max(rnd, 1)}", f"seed={seed}"])
     ids = [u.user for u in prepare_users(cfg)]
     if rnd == 0:
-        return cfg, build_model(cfg.model.name, task_heads(cfg.task, ids), cfg.data.image_size, cfg.model.width, cfg.seed), ids
+        return cfg, build_model(cfg.model.name, task_heads(cfg.task, ids), cfg.data.image_size, cfg.model.width, cfg.seed, cfg.model.norm), ids
     model, _ = plain_federation(cfg)
     return cfg, model, ids
 

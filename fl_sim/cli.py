@@ -67,6 +67,30 @@ def run(config: Optional[Path] = CONFIG, set_: Optional[list[str]] = typer.Optio
     _run(config, set_ or [], runs_dir, as_json)
 
 
+@app.command()
+def sweep(config: Optional[Path] = CONFIG, set_: Optional[list[str]] = typer.Option(None, "--set", help="key=value for every run"),
+          grid: Optional[list[str]] = typer.Option(None, "--grid", help="key=v1,v2,... (several --grid: their product)"),
+          runs_dir: Path = RUNS_DIR, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Run a grid of federations; table and plot of leakage and utility against the swept parameter."""
+    from fl_sim.sweep import parse_grid, run_sweep
+
+    doc = run_sweep(config, set_ or [], parse_grid(grid or []), runs_dir, progress=err.print)
+    if as_json:
+        _json(doc)
+        return
+    t = Table(title=f"sweep over {doc['param']} ({doc['sweep_id']})")
+    for c in (doc["param"], "epsilon", "accuracy", "face sim", "re-id top-1", "gender", "strongest", "run"):
+        t.add_column(c)
+    for r in doc["rows"]:
+        t.add_row(str(r["value"]), _fmt(r.get("epsilon"), 2), _fmt(r.get("accuracy")), _fmt(r.get("face_similarity")),
+                  _fmt(r.get("reid_top1"), 2), _fmt(r.get("gender_accuracy"), 2), str(r.get("strongest_method") or "-"),
+                  r["run_id"])
+    out.print(t)
+    out.print(f"table {doc['table']}\nplot  {doc['plot']}")
+    if any(r["status"] != "finished" for r in doc["rows"]):
+        raise typer.Exit(1)
+
+
 def _run(config: Optional[Path], overrides: list[str], runs_dir: Path, as_json: bool) -> Path:
     """Run, print the rounds (or JSON), exit 1 on a failed run; returns the run folder."""
     from fl_sim.config import load_config
@@ -218,15 +242,20 @@ def inspect(run: str, user: Optional[str] = typer.Option(None, "--user"), rnd: O
 
 def _attack_rich_table(rows: list[dict[str, Any]], title: str) -> None:
     t = Table(title=title)
-    for c in ("round", "user", "method", "status", "face sim", "re-id rank", "gender (inferred/true)", "age (inferred/true)"):
+    for c in ("round", "user", "method", "status", "face sim", "re-id rank", "gender (inferred/true)", "age (inferred/true)",
+              "defenses"):
         t.add_column(c)
     for r in sorted(rows, key=lambda r: (str(r["user"]), r["round"], r["method"])):
         who = r["user"] if r["user"] is not None else f"aggregate of {r['aggregate_size']}"
         rank = f"{r['reid_rank']}/{r['n_users']}" if r["reid_rank"] is not None else "-"
         t.add_row(str(r["round"]), who, r["method"], r["status"], _fmt(r["face_similarity"]), rank,
                   f"{r['inferred_gender'] or '-'}/{r['true_gender'] or '-'}",
-                  f"{r['inferred_age_band'] or '-'}/{r['true_age_band'] or '-'}")
+                  f"{r['inferred_age_band'] or '-'}/{r['true_age_band'] or '-'}",
+                  r["defenses"] + (f" (eps {r['dp_epsilon']:.3g})" if r.get("dp_epsilon") is not None else ""))
     out.print(t)
+    # Which defenses hide a single user's update from this server, and which only look like they do.
+    for d, sees in sorted({(r["defenses"], r["server_sees"]) for r in rows}):
+        out.print(f"defenses {d}: {sees}")
 
 
 # -- config ------------------------------------------------------------------------------

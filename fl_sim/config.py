@@ -46,6 +46,8 @@ class ModelConfig:
     # 16, not 32: with per-user constant labels, wider 4x4-pooled features made local SGD
     # diverge at any lr that still learned in a few rounds (docs/BENCHMARKS.md, demo tuning).
     width: int = _f(16, "channels (convnet, resnet) or hidden units / 8 (mlp)", min=1, max=1024)
+    norm: str = _f("group", "normalisation layers: group (GroupNorm) | batch (BatchNorm; refused under DP-SGD)",
+                   choices=("group", "batch"))
 
 
 @dataclass
@@ -64,10 +66,10 @@ class SimulationConfig:
 class AttackPolicyConfig:
     """The curious server: which rounds, users and methods it attacks, and its worker."""
 
-    enabled: bool = _f(False, "attack client updates during the run (the curious server)")
+    enabled: bool = _f(True, "attack client updates during the run (the curious server)")
     methods: list[str] = _f(["ig", "diffusion"], "attack methods: dlg | ig | diffusion")
     rounds: list[int] = _f([], "rounds to attack (empty: see every)")
-    every: int = _f(1, "attack every k-th round when 'rounds' is empty", min=1)
+    every: int = _f(5, "attack every k-th round when 'rounds' is empty (5: rounds 1, 6, 11, ...)", min=1)
     users: str = _f("all", "users to attack: all | sample:N (seeded) | comma-separated user ids")
     iterations: int = _f(400, "optimisation iterations per attack", min=1)
     prior: str = _f("faces32", "diffusion prior: faces32 (embedded) | diffusers folder | hub id")
@@ -77,6 +79,69 @@ class AttackPolicyConfig:
     worker_cpus: float = _f(0.0, "CPUs reserved for the attack worker (0 on a CPU host: it runs at low priority beside the clients, whose actor pool takes every CPU Ray has)", min=0.0)
     worker_gpus: float = _f(0.0, "GPUs (fraction) for the attack worker actor", min=0.0)
     drain_timeout_s: float = _f(1800.0, "at the end, wait this long for attacks; the rest are 'unfinished'", min=0.0)
+
+
+USERS_DOC = "who uses it: all | half | sample:N (seeded) | comma-separated user ids"
+
+
+@dataclass
+class DpSgdConfig:
+    """DP-SGD (Opacus) in the selected users' local training: per-sample clipping + Gaussian noise."""
+
+    enabled: bool = _f(False, "train under DP-SGD (setting any other dp_sgd key turns it on)")
+    noise_multiplier: float = _f(1.0, "z: noise std / clipping norm (unused when target_epsilon > 0)", min=0.0)
+    max_grad_norm: float = _f(1.0, "C: per-sample gradient clipping norm", min_exclusive=0.0)
+    target_epsilon: float = _f(0.0, "> 0: Opacus picks z to reach this epsilon at delta after all planned rounds",
+                               min=0.0)
+    delta: float = _f(1e-5, "delta of the (epsilon, delta) guarantee", min_exclusive=0.0, max=0.1)
+    accountant: str = _f("rdp", "Opacus accountant: rdp | prv", choices=("rdp", "prv"))
+    users: str = _f("all", USERS_DOC)
+
+
+@dataclass
+class UserDpConfig:
+    """User-level DP with Flower's built-ins (whole updates clipped, noise on the server or the client)."""
+
+    mode: str = _f("off", "off | client-fixed (clients clip, server noises the aggregate) | server-fixed | "
+                          "server-adaptive (server clips, then noises the aggregate) | local (LocalDpMod: clients "
+                          "clip and noise their own update)",
+                   choices=("off", "client-fixed", "server-fixed", "server-adaptive", "local"))
+    noise_multiplier: float = _f(0.1, "central modes: noise std / clipping norm on the aggregate", min=0.0)
+    clipping_norm: float = _f(1.0, "update clipping norm (the initial one for server-adaptive)", min_exclusive=0.0)
+    local_epsilon: float = _f(10.0, "local: epsilon of LocalDpMod's Gaussian mechanism", min_exclusive=0.0)
+    local_delta: float = _f(1e-5, "local: delta of LocalDpMod's Gaussian mechanism", min_exclusive=0.0, max=0.1)
+
+
+@dataclass
+class CompressionConfig:
+    """Classical defenses on the update (after - before) before it is sent."""
+
+    topk: float = _f(0.0, "top-k sparsification: fraction of entries kept, largest magnitudes over the whole "
+                          "update (0: off)", min=0.0, max=1.0)
+    prune: float = _f(0.0, "gradient pruning: fraction of each layer's smallest-magnitude entries zeroed (0: off)",
+                      min=0.0, max=0.999)
+    quantize_bits: int = _f(0, "uniform quantisation per tensor to this many bits, stochastic rounding (0: off)",
+                            min=0, max=16)
+    users: str = _f("all", USERS_DOC)
+
+
+@dataclass
+class SecAggConfig:
+    """Secure aggregation (Flower's SecAgg+ workflow): the server sees only each round's aggregate."""
+
+    enabled: bool = _f(False, "run rounds through SecAgg+")
+    num_shares: int = _f(0, "secret shares per client (0: every client in the round)", min=0)
+    reconstruction_threshold: int = _f(3, "shares needed to unmask a client's secret", min=2)
+
+
+@dataclass
+class DefensesConfig:
+    """Client defenses, each of which can be toggled per run (and per user where it is client-side)."""
+
+    dp_sgd: DpSgdConfig = field(default_factory=DpSgdConfig, metadata=doc("DP-SGD (Opacus)"))
+    user_dp: UserDpConfig = field(default_factory=UserDpConfig, metadata=doc("user-level DP (Flower)"))
+    compression: CompressionConfig = field(default_factory=CompressionConfig, metadata=doc("compression"))
+    secagg: SecAggConfig = field(default_factory=SecAggConfig, metadata=doc("secure aggregation"))
 
 
 @dataclass
@@ -101,6 +166,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig, metadata=doc("model"))
     simulation: SimulationConfig = field(default_factory=SimulationConfig, metadata=doc("simulation engine"))
     attack: AttackPolicyConfig = field(default_factory=AttackPolicyConfig, metadata=doc("curious server"))
+    defenses: DefensesConfig = field(default_factory=DefensesConfig, metadata=doc("client defenses"))
 
     def clients_in_round(self) -> int:
         """How many clients each round samples."""
@@ -249,9 +315,20 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None) ->
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: {exc}") from None
         _apply(cfg, data, "")
-    _apply(cfg, parse_overrides(overrides or []), "")
+        _implied(cfg, data)
+    parsed = parse_overrides(overrides or [])
+    _apply(cfg, parsed, "")
+    _implied(cfg, parsed)
     validate(cfg)
     return cfg
+
+
+def _implied(cfg: RunConfig, values: dict[str, Any]) -> None:
+    """Setting a DP-SGD parameter turns DP-SGD on, unless the same source sets ``enabled`` itself."""
+    dp = values.get("defenses", {}).get("dp_sgd", {}) if isinstance(values.get("defenses"), dict) else {}
+    if isinstance(dp, dict) and "enabled" not in dp and set(dp) & {"noise_multiplier", "max_grad_norm",
+                                                                    "target_epsilon"}:
+        cfg.defenses.dp_sgd.enabled = True
 
 
 def validate(cfg: RunConfig) -> None:
@@ -272,6 +349,9 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"config key 'clients_per_round': a count must be whole, got {cfg.clients_per_round}")
     if cfg.clients_in_round() > cfg.users:
         raise ConfigError(f"config key 'clients_per_round': {cfg.clients_in_round()} clients per round but only {cfg.users} users")
+    from fl_sim.defenses import validate_defenses
+
+    validate_defenses(cfg)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

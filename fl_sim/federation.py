@@ -61,8 +61,11 @@ def backend_config(cfg: RunConfig) -> dict[str, Any]:
 
 def init_run(cfg: RunConfig, runs_dir: Path) -> tuple[list[str], str, Path]:
     """Validate the users, then create the run folder, its store and config snapshot."""
+    from fl_sim.defenses import user_defenses
+
     users = prepare_users(cfg)
     cfg.attacked_users([u.user for u in users])  # named attack targets must exist: fail before the folder
+    defenses = user_defenses(cfg, [u.user for u in users])  # likewise users named by a defense
     run_id, run_dir = new_run_dir(runs_dir)
     store = RunStore(run_dir / "store.sqlite")
     try:
@@ -70,7 +73,7 @@ def init_run(cfg: RunConfig, runs_dir: Path) -> tuple[list[str], str, Path]:
         (run_dir / "config.toml").write_text(to_toml(cfg) + "\n")
         for pid, u in enumerate(users):
             store.add_user(u.user, pid, cfg.data.dataset, u.attributes, cfg.data.photos_per_user,
-                           cfg.data.holdout_per_user)
+                           cfg.data.holdout_per_user, defenses[u.user])
     finally:
         store.close()
     return [u.user for u in users], run_id, run_dir

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from fl_sim.errors import FlSimError
+from fl_sim.defenses import describe, hides_user
 from fl_sim.store import RunStore
 
 
@@ -22,8 +23,18 @@ def attack_table(store: RunStore) -> list[dict[str, Any]]:
                      "status": a["status"], "face_similarity": m.get("face_similarity"), "reid_rank": m.get("reid_rank"),
                      "n_users": len(users), "inferred_gender": m.get("inferred_gender"), "true_gender": truth.get("gender"),
                      "inferred_age_band": m.get("inferred_age_band"), "true_age_band": truth.get("age_band"),
-                     "best_match": m.get("best_match"), "image": a["image"], "error": a["error"]})
+                     "best_match": m.get("best_match"), "image": a["image"], "error": a["error"],
+                     "defenses": describe(a["defenses"] or {}), "server_sees": hides_user(a["defenses"] or {}),
+                     "dp_epsilon": _epsilon(store, a["round"], a["user"])})
     return rows
+
+
+def _epsilon(store: RunStore, rnd: int, user: str | None) -> float | None:
+    """The user's DP-SGD epsilon after the attacked round (None without DP-SGD noise)."""
+    for u in store.updates():
+        if u["round"] == rnd and u["user"] == user and "dp-epsilon" in u["metrics"]:
+            return float(u["metrics"]["dp-epsilon"])
+    return None
 
 
 def user_panel(run_dir: Path, user: str, rnd: int | None = None, out: Path | None = None,

@@ -85,21 +85,22 @@ def head_accuracy(logits: torch.Tensor, labels: torch.Tensor, heads: list[Head])
     return out
 
 
-def _gn(ch: int) -> nn.GroupNorm:
-    # GroupNorm, not BatchNorm: Opacus refuses BatchNorm and per-sample gradients stay per-sample.
-    return nn.GroupNorm(min(8, ch), ch)
+def _gn(ch: int, norm: str = "group") -> nn.Module:
+    # GroupNorm by default, not BatchNorm: Opacus refuses BatchNorm (it mixes samples, so per-sample
+    # gradients stop being per-sample). BatchNorm stays selectable for non-DP studies.
+    return nn.BatchNorm2d(ch) if norm == "batch" else nn.GroupNorm(min(8, ch), ch)
 
 
 @register_model("convnet")
 class ConvNet(nn.Module):
     """Three conv layers with GroupNorm, then a linear classifier on a 4x4 pooled map."""
 
-    def __init__(self, n_outputs: int, image_size: int = 32, width: int = 32) -> None:
+    def __init__(self, n_outputs: int, image_size: int = 32, width: int = 32, norm: str = "group") -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, width, 3, padding=1), _gn(width), nn.ReLU(),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), _gn(2 * width), nn.ReLU(),
-            nn.Conv2d(2 * width, 4 * width, 3, stride=2, padding=1), _gn(4 * width), nn.ReLU(),
+            nn.Conv2d(3, width, 3, padding=1), _gn(width, norm), nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), _gn(2 * width, norm), nn.ReLU(),
+            nn.Conv2d(2 * width, 4 * width, 3, stride=2, padding=1), _gn(4 * width, norm), nn.ReLU(),
             nn.AdaptiveAvgPool2d(4),
         )
         self.classifier = nn.Linear(4 * width * 16, n_outputs)
@@ -109,14 +110,14 @@ class ConvNet(nn.Module):
 
 
 class _Block(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, norm: str = "group") -> None:
         super().__init__()
         self.c1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
-        self.n1 = _gn(cout)
+        self.n1 = _gn(cout, norm)
         self.c2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.n2 = _gn(cout)
+        self.n2 = _gn(cout, norm)
         self.skip = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
-            nn.Conv2d(cin, cout, 1, stride=stride, bias=False), _gn(cout))
+            nn.Conv2d(cin, cout, 1, stride=stride, bias=False), _gn(cout, norm))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.relu(self.n1(self.c1(x)))
@@ -127,10 +128,11 @@ class _Block(nn.Module):
 class ResNet(nn.Module):
     """A small ResNet-style net (stem + three residual stages) with GroupNorm."""
 
-    def __init__(self, n_outputs: int, image_size: int = 32, width: int = 32) -> None:
+    def __init__(self, n_outputs: int, image_size: int = 32, width: int = 32, norm: str = "group") -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1, bias=False), _gn(width), nn.ReLU())
-        self.stages = nn.Sequential(_Block(width, width, 1), _Block(width, 2 * width, 2), _Block(2 * width, 4 * width, 2))
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1, bias=False), _gn(width, norm), nn.ReLU())
+        self.stages = nn.Sequential(_Block(width, width, 1, norm), _Block(width, 2 * width, 2, norm),
+                                    _Block(2 * width, 4 * width, 2, norm))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(4 * width, n_outputs)
 
@@ -142,8 +144,8 @@ class ResNet(nn.Module):
 class MLP(nn.Module):
     """Fully connected first layer with bias: a sample's image is ∇W_i / ∇b_i (analytic leakage)."""
 
-    def __init__(self, n_outputs: int, image_size: int = 32, width: int = 32) -> None:
-        super().__init__()
+    def __init__(self, n_outputs: int, image_size: int = 32, width: int = 32, norm: str = "group") -> None:
+        super().__init__()  # no normalisation layers: ``norm`` is accepted for a uniform signature
         hidden = 8 * width
         self.fc1 = nn.Linear(3 * image_size * image_size, hidden)
         self.fc2 = nn.Linear(hidden, hidden)
@@ -154,13 +156,13 @@ class MLP(nn.Module):
         return self.classifier(F.relu(self.fc2(h)))
 
 
-def build_model(name: str, heads: list[Head], image_size: int, width: int, seed: int) -> nn.Module:
-    """A freshly initialised model, deterministic in ``seed``."""
+def build_model(name: str, heads: list[Head], image_size: int, width: int, seed: int, norm: str = "group") -> nn.Module:
+    """A freshly initialised model, deterministic in ``seed``; ``norm``: group | batch."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}")
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        return MODELS[name](n_outputs=sum(len(h.classes) for h in heads), image_size=image_size, width=width)
+        return MODELS[name](n_outputs=sum(len(h.classes) for h in heads), image_size=image_size, width=width, norm=norm)
     finally:
         torch.random.set_rng_state(gen_state)

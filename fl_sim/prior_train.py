@@ -76,14 +76,19 @@ def load_training_images(data: str, size: int) -> torch.Tensor:
 
 def train_prior(spec: PriorTrainSpec, out: Path, *, resume: bool = False, images: torch.Tensor | None = None,
                 progress: Callable[[int, float, float], None] | None = None,
-                max_seconds: float | None = None) -> dict[str, Any]:
-    """Train (or resume) and export a diffusers-format prior into ``out`` (unet/, scheduler/, card)."""
+                max_seconds: float | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Train (or resume) and export a diffusers-format prior into ``out`` (unet/, scheduler/, card).
+
+    ``device`` moves the network and data (e.g. "cuda"); the random draws stay on a CPU generator, so a
+    run is resumable and reproducible across devices up to floating-point order.
+    """
     from diffusers.training_utils import EMAModel
 
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint.pt"
     images = load_training_images(spec.data, spec.size) if images is None else images
-    unet, sched = build_unet(spec), build_scheduler(spec)
+    unet, sched = build_unet(spec).to(device), build_scheduler(spec)
+    images = images.to(device)
     opt = torch.optim.AdamW(unet.parameters(), lr=spec.lr, weight_decay=0.0)
     ema = EMAModel(unet.parameters(), decay=spec.ema_max_decay, use_ema_warmup=True, inv_gamma=1.0, power=spec.ema_power)
     step, seconds, losses = 0, 0.0, []
@@ -99,9 +104,10 @@ def train_prior(spec: PriorTrainSpec, out: Path, *, resume: bool = False, images
         unet.load_state_dict(state["unet"])
         opt.load_state_dict(state["opt"])
         ema.load_state_dict(state["ema"])
+        ema.to(device)
         step, seconds, losses = state["step"], state["seconds"], state["losses"]
         gen.set_state(state["gen"])
-    ab = sched.alphas_cumprod.float()
+    ab = sched.alphas_cumprod.float().to(device)
     snr = ab / (1 - ab)
     # min-SNR-γ weighting (Hang et al. 2023), expressed for the network's target.
     if spec.prediction_type == "v_prediction":
@@ -116,12 +122,12 @@ def train_prior(spec: PriorTrainSpec, out: Path, *, resume: bool = False, images
     while step < spec.steps:
         if max_seconds is not None and time.time() - t_start > max_seconds:
             break
-        idx = torch.randint(0, n, (spec.batch_size,), generator=gen)
+        idx = torch.randint(0, n, (spec.batch_size,), generator=gen).to(device)
         x0 = images[idx]
-        flip = torch.rand(spec.batch_size, generator=gen) < 0.5
+        flip = (torch.rand(spec.batch_size, generator=gen) < 0.5).to(device)
         x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
-        t = torch.randint(0, sched.config.num_train_timesteps, (spec.batch_size,), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, sched.config.num_train_timesteps, (spec.batch_size,), generator=gen).to(device)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
         a, b = ab[t].sqrt().view(-1, 1, 1, 1), (1 - ab[t]).sqrt().view(-1, 1, 1, 1)
         x_t = a * x0 + b * noise
         target = {"epsilon": noise, "sample": x0, "v_prediction": a * noise - b * x0}[spec.prediction_type]

@@ -25,7 +25,7 @@ class HoldoutEvaluator:
         self.users = users
         self.heads = task_heads(cfg.task, users)
         self.data = {u: user_batch(cfg, u, self.heads) for u in users}
-        self.model = build_model(cfg.model.name, self.heads, cfg.data.image_size, cfg.model.width, cfg.seed)
+        self.model = build_model(cfg.model.name, self.heads, cfg.data.image_size, cfg.model.width, cfg.seed, cfg.model.norm)
 
     def __call__(self, state: dict[str, torch.Tensor]) -> dict[str, Any]:
         from clients.training import evaluate

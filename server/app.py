@@ -15,6 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from fl_sim.config import RunConfig
+from fl_sim.defenses import user_defenses
 from fl_sim.models import build_model, task_heads
 from fl_sim.store import RunStore
 from fl_sim.utility import HoldoutEvaluator
@@ -55,14 +56,15 @@ def make_server_app(cfg: RunConfig, users: list[str], run_dir: Path,
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        serve(grid, cfg, users, run_dir, progress, outcome, wrap)
+        serve(grid, cfg, users, run_dir, progress, outcome, wrap, context=context)
 
     return app
 
 
 def serve(grid: Grid, cfg: RunConfig, users: list[str], run_dir: Path,
           progress: Callable[[int, dict[str, Any]], None] | None = None,
-          outcome: dict[str, Any] | None = None, wrap: Callable[[Strategy], Strategy] | None = None) -> None:
+          outcome: dict[str, Any] | None = None, wrap: Callable[[Strategy], Strategy] | None = None, *,
+          context: Context | None = None) -> None:
     """The server's whole run: discover users, build the strategy, run the rounds, record them.
 
     ``wrap`` puts an outer strategy around the recording (or curious) one — e.g. one of Flower's
@@ -80,15 +82,20 @@ def serve(grid: Grid, cfg: RunConfig, users: list[str], run_dir: Path,
         user_of_node = discover_users(grid, len(users))
         for node, user in user_of_node.items():
             store.set_node(user, node)
-        model = build_model(cfg.model.name, heads, cfg.data.image_size, cfg.model.width, cfg.seed)
+        model = build_model(cfg.model.name, heads, cfg.data.image_size, cfg.model.width, cfg.seed, cfg.model.norm)
+
+        defenses = user_defenses(cfg, users)
 
         def on_update(rnd: int, user: str | None, node: int, before: dict[str, np.ndarray], reply: Message) -> None:
             after = {k: v.numpy() for k, v in reply.content["arrays"].items()}
             norm, per_layer = update_norms(before, after)
             m = dict(reply.content["metrics"])
+            if "privacy" in reply.content:
+                m.update(dict(reply.content["privacy"]))
             store.add_update(rnd=rnd, user=user, node_id=node, num_examples=int(m["num-examples"]),
                              local_steps=int(m["local-steps"]), lr=float(m["lr"]), loss=float(m["loss"]),
-                             protocol=cfg.protocol, update_norm=norm, layer_norms=per_layer, metrics=m)
+                             protocol=cfg.protocol, update_norm=norm, layer_norms=per_layer,
+                             defenses=defenses.get(user or ""), metrics=m)
 
         def on_round(rnd: int, rec: dict[str, Any]) -> None:
             ev = rec["evaluate"]
@@ -98,39 +105,16 @@ def serve(grid: Grid, cfg: RunConfig, users: list[str], run_dir: Path,
             if progress:
                 progress(rnd, rec)
 
-        harness = cfg.utility_eval == "harness"
-        inner = SeededFedAvg(node_of_user={u: n for n, u in user_of_node.items()}, sample=cfg.round_users,
-                             min_train_nodes=1, min_evaluate_nodes=0 if harness else 1,
-                             min_available_nodes=len(users), fraction_evaluate=0.0 if harness else 1.0)
-        utility = HoldoutEvaluator(cfg, users) if harness else None
-        hooks = {"user_of_node": user_of_node, "on_update": on_update, "on_round": on_round}
-        if cfg.attack.enabled:
-            # Created after Flower's backend started Ray, so Flower's own Ray settings stand.
-            worker = make_remote_worker(cfg.attack.worker_cpus, cfg.attack.worker_gpus)
-            # Wait for its start-up (imports, prior, evaluators) here: it would otherwise compete
-            # with the first rounds' training for the CPU.
-            ray.get(worker.warm_up.remote(cfg.attack.prior if "diffusion" in cfg.attack.methods else None))
-            # The dispatcher's own connection: its pump thread writes attacks while this thread
-            # writes rounds and updates (WAL; sqlite serialises the two writers).
-            attack_store = RunStore(run_dir / "store.sqlite", threads=True)
-            dispatcher = AttackDispatcher(cfg, heads, users, run_dir, attack_store, worker)
-            dispatcher.start()
-            strategy: RecordingStrategy = CuriousStrategy(inner, dispatcher=dispatcher, **hooks)
+        dispatcher, attack_store = _start_attacks(cfg, heads, users, run_dir, defenses)
+        if cfg.defenses.secagg.enabled:
+            final = _serve_secagg(grid, context, cfg, users, model, user_of_node, store, dispatcher, defenses,
+                                  on_round)
         else:
-            strategy = RecordingStrategy(inner, **hooks)
-        def evaluate_fn(rnd: int, arrays: ArrayRecord) -> None:
-            # Flower calls this once before training (round 0) and after each round's phases.
-            if rnd > 0:
-                strategy.finish_round(rnd, utility(arrays.to_torch_state_dict()) if utility else None)
-
-        outer = wrap(strategy) if wrap is not None else strategy
-        result = outer.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=cfg.rounds,
-                             train_config=ConfigRecord({"lr": cfg.lr}), evaluate_fn=evaluate_fn)
+            final = _serve_messages(grid, cfg, users, model, user_of_node, dispatcher, on_update, on_round, wrap)
         if dispatcher is not None:
             if progress:
                 progress(-1, {"draining": len(dispatcher.pending)})
             dispatcher.drain(cfg.attack.drain_timeout_s)
-        final = result.arrays.to_torch_state_dict()
         torch.save(final, run_dir / "final_model.pt")
         if outcome is not None:
             outcome["final_arrays"] = final
@@ -144,3 +128,92 @@ def serve(grid: Grid, cfg: RunConfig, users: list[str], run_dir: Path,
         if attack_store is not None:
             attack_store.close()
         store.close()
+
+
+def _start_attacks(cfg: RunConfig, heads: list[Any], users: list[str], run_dir: Path,
+                   defenses: dict[str, dict[str, Any]]) -> tuple[AttackDispatcher | None, RunStore | None]:
+    """The curious server's worker and dispatcher, when attacks are on."""
+    if not cfg.attack.enabled:
+        return None, None
+    # Created after Flower's backend started Ray, so Flower's own Ray settings stand.
+    worker = make_remote_worker(cfg.attack.worker_cpus, cfg.attack.worker_gpus)
+    # Wait for its start-up (imports, prior, evaluators) here: it would otherwise compete
+    # with the first rounds' training for the CPU.
+    ray.get(worker.warm_up.remote(cfg.attack.prior if "diffusion" in cfg.attack.methods else None))
+    # The dispatcher's own connection: its pump thread writes attacks while this thread
+    # writes rounds and updates (WAL; sqlite serialises the two writers).
+    attack_store = RunStore(run_dir / "store.sqlite", threads=True)
+    dispatcher = AttackDispatcher(cfg, heads, users, run_dir, attack_store, worker, defenses)
+    dispatcher.start()
+    return dispatcher, attack_store
+
+
+def user_dp_wrapper(cfg: RunConfig) -> Callable[[Strategy], Strategy] | None:
+    """Flower's user-level DP strategy wrapper for ``defenses.user_dp.mode`` (None: off or client-only)."""
+    ud, n = cfg.defenses.user_dp, cfg.clients_in_round()
+    if ud.mode == "server-fixed":
+        from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping as Fixed
+
+        return lambda s: Fixed(s, ud.noise_multiplier, ud.clipping_norm, n)
+    if ud.mode == "client-fixed":
+        from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping as ClientFixed
+
+        return lambda s: ClientFixed(s, ud.noise_multiplier, ud.clipping_norm, n)
+    if ud.mode == "server-adaptive":
+        from flwr.serverapp.strategy import DifferentialPrivacyServerSideAdaptiveClipping as Adaptive
+
+        return lambda s: Adaptive(s, ud.noise_multiplier, n, initial_clipping_norm=ud.clipping_norm)
+    return None
+
+
+def _serve_messages(grid: Grid, cfg: RunConfig, users: list[str], model: torch.nn.Module,
+                    user_of_node: dict[int, str], dispatcher: AttackDispatcher | None, on_update: Any, on_round: Any,
+                    wrap: Callable[[Strategy], Strategy] | None) -> dict[str, torch.Tensor]:
+    """Rounds on Flower's Message API strategy (FedAvg), optionally inside DP wrappers."""
+    harness = cfg.utility_eval == "harness"
+    inner = SeededFedAvg(node_of_user={u: n for n, u in user_of_node.items()}, sample=cfg.round_users,
+                         min_train_nodes=1, min_evaluate_nodes=0 if harness else 1,
+                         min_available_nodes=len(users), fraction_evaluate=0.0 if harness else 1.0)
+    utility = HoldoutEvaluator(cfg, users) if harness else None
+    hooks = {"user_of_node": user_of_node, "on_update": on_update, "on_round": on_round}
+    if dispatcher is not None:
+        strategy: RecordingStrategy = CuriousStrategy(inner, dispatcher=dispatcher, **hooks)
+    else:
+        strategy = RecordingStrategy(inner, **hooks)
+    def evaluate_fn(rnd: int, arrays: ArrayRecord) -> None:
+        # Flower calls this once before training (round 0) and after each round's phases.
+        if rnd > 0:
+            strategy.finish_round(rnd, utility(arrays.to_torch_state_dict()) if utility else None)
+
+    outer = wrap(strategy) if wrap is not None else strategy
+    dp = user_dp_wrapper(cfg)
+    outer = dp(outer) if dp is not None else outer
+    result = outer.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=cfg.rounds,
+                         train_config=ConfigRecord({"lr": cfg.lr}), evaluate_fn=evaluate_fn)
+    return result.arrays.to_torch_state_dict()
+
+
+def _serve_secagg(grid: Grid, context: Context | None, cfg: RunConfig, users: list[str], model: torch.nn.Module,
+                  user_of_node: dict[int, str], store: RunStore, dispatcher: AttackDispatcher | None,
+                  defenses: dict[str, dict[str, Any]], on_round: Any) -> dict[str, torch.Tensor]:
+    """Rounds through SecAgg+: the store and the curious server get each round's aggregate only."""
+    from server.secagg import AggregateOnlyFedAvg, aggregate_reply, run_secagg
+
+    if context is None:
+        raise RuntimeError("SecAgg+ needs the ServerApp's Flower context")
+    shared = next(iter(defenses.values()), {}).get("secagg", {})
+
+    def on_aggregate(rnd: int, before: dict[str, np.ndarray], agg: dict[str, np.ndarray], info: dict[str, Any]) -> None:
+        norm, per_layer = update_norms(before, agg)
+        store.add_update(rnd=rnd, user=None, node_id=0, num_examples=info["num-examples"],
+                         local_steps=info["local-steps"], lr=info["lr"], loss=info["loss"], protocol=cfg.protocol,
+                         update_norm=norm, layer_norms=per_layer, defenses={"secagg": shared}, metrics=info)
+        if dispatcher is not None:
+            dispatcher.observe_round(rnd, before, [(None, aggregate_reply(agg, info))],
+                                     aggregate_size=int(info["aggregate_size"]))
+
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    strategy = AggregateOnlyFedAvg(cfg, list(state), state, user_of_node=user_of_node, on_aggregate=on_aggregate,
+                                   on_round=on_round, utility=HoldoutEvaluator(cfg, users))
+    run_secagg(grid, context, cfg, strategy)
+    return {k: torch.from_numpy(v.copy()) for k, v in strategy.final.items()}

@@ -45,9 +45,11 @@ class AttackDispatcher:
     """
 
     def __init__(self, cfg: RunConfig, heads: list[Head], users: list[str], run_dir: Path, store: RunStore,
-                 worker: Any) -> None:
+                 worker: Any, defenses: dict[str, dict[str, Any]] | None = None) -> None:
+        """``defenses``: each user's, recorded with every attack on them (an aggregate's: the users' common ones)."""
         self.cfg, self.heads, self.users, self.run_dir, self.store = cfg, heads, users, run_dir, store
         self.worker = worker
+        self.defenses = defenses or {}
         self.pending: list[_Pending] = []
         self._next_id = 0
         self._worker_died = False  # set when a job fails because the worker process died
@@ -127,7 +129,8 @@ class AttackDispatcher:
                            [dict(m.content["metrics"]) for _, m in picked], targets, aggregate_size)
         keys = [(t, m) for t in targets for m in a.methods]
         ids = dict(zip(keys, self.store.add_attacks([{"rnd": rnd, "user": t, "method": m, "status": "queued",
-                                                      "aggregate_size": aggregate_size} for t, m in keys])))
+                                                      "aggregate_size": aggregate_size,
+                                                      "defenses": self._defenses_of(t)} for t, m in keys])))
         if dropped:
             for aid in ids.values():
                 self.store.update_attack(aid, status="dropped", error="attack queue full", commit=False)
@@ -143,6 +146,13 @@ class AttackDispatcher:
                         run_dir=str(self.run_dir))
         self.submit(job, ids)
         return True
+
+    def _defenses_of(self, user: str | None) -> dict[str, Any]:
+        if user is not None:
+            return self.defenses.get(user, {})
+        # An aggregate: the defenses every user shares (SecAgg+ is federation-wide).
+        recs = list(self.defenses.values())
+        return {k: v for k, v in (recs[0] if recs else {}).items() if all(r.get(k) == v for r in recs)}
 
     def _wait_until_alive(self, timeout: float = 60.0) -> None:
         """A job sent while Ray restarts the worker would fail unrun: wait for the worker first."""

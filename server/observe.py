@@ -20,7 +20,7 @@ def _t(v: Any) -> torch.Tensor:
 
 def global_model(cfg: RunConfig, heads: list[Head], global_state: dict[str, Any]) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
     """The round's global model (the architecture is public) and its parameters as tensors."""
-    model = build_model(cfg.model.name, heads, cfg.data.image_size, cfg.model.width, cfg.seed)
+    model = build_model(cfg.model.name, heads, cfg.data.image_size, cfg.model.width, cfg.seed, cfg.model.norm)
     params = {k: _t(v).float() for k, v in global_state.items() if k in dict(model.named_parameters())}
     model.load_state_dict({k: _t(v) for k, v in global_state.items()}, strict=False)
     return model.eval(), params

@@ -29,7 +29,7 @@ def _attacks(run_dir: Path) -> list[dict]:
 
 def test_attacks_change_nothing_clients_or_aggregation_see_and_repeat_exactly(tmp_path: Path) -> None:
     data = make_face_folder(tmp_path / "faces", users=3, photos=6)
-    base = [f"data.dataset=folder:{data}", "users=3", "rounds=2", "protocol=fedavg", *TINY]
+    base = [f"data.dataset=folder:{data}", "users=3", "rounds=2", "protocol=fedavg", *TINY, "attack.enabled=false"]
     attack = ["attack.enabled=true", "attack.methods=ig,diffusion", "attack.iterations=4"]
     off = run_federation(load_config(None, base), tmp_path / "off")
     on = run_federation(load_config(None, [*base, *attack]), tmp_path / "on")

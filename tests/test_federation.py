@@ -19,7 +19,7 @@ from fl_sim.federation import run_federation
 from fl_sim.store import RunStore
 from tests.conftest import FL_SIM, make_face_folder
 
-TINY = ["data.image_size=16", "data.photos_per_user=4", "data.holdout_per_user=2", "model.width=4"]
+TINY = ["data.image_size=16", "data.photos_per_user=4", "data.holdout_per_user=2", "model.width=4", "attack.enabled=false"]
 
 
 @pytest.mark.parametrize("protocol", ["fedsgd", "fedavg"])

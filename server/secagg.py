@@ -1,0 +1,100 @@
+"""Rounds through Flower's SecAgg+ workflow: the (curious) server sees only each round's unmasked aggregate."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.common import FitIns, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server.strategy import FedAvg as LegacyFedAvg
+
+from fl_sim.config import RunConfig
+
+
+class AggregateOnlyFedAvg(LegacyFedAvg):
+    """Flower's legacy FedAvg for SecAgg+, with fl-sim's seeded sampling and recording.
+
+    After SecAgg+ unmasks the round, every result it hands ``aggregate_fit`` carries the same
+    aggregate: no single user's update reaches this strategy, so it records (and the curious
+    server attacks) the aggregate of N users.
+    """
+
+    def __init__(self, cfg: RunConfig, keys: list[str], initial: dict[str, np.ndarray], *,
+                 user_of_node: dict[int, str],
+                 on_aggregate: Callable[[int, dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]], None],
+                 on_round: Callable[[int, dict[str, Any]], None],
+                 utility: Callable[[dict[str, torch.Tensor]], dict[str, Any]]) -> None:
+        super().__init__(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=1, min_evaluate_clients=0,
+                         min_available_clients=len(user_of_node),
+                         initial_parameters=ndarrays_to_parameters([initial[k] for k in keys]))
+        self.cfg, self.keys = cfg, keys
+        self.user_of_node = user_of_node
+        self.on_aggregate, self.on_round_hook, self.utility = on_aggregate, on_round, utility
+        self.final: dict[str, np.ndarray] = dict(initial)
+        self._global: dict[str, np.ndarray] = dict(initial)
+        self._started = 0.0
+        self._train: dict[str, Any] = {}
+        self._n = 0
+
+    def configure_fit(self, server_round: int, parameters: Parameters, client_manager: Any) -> list[tuple[Any, FitIns]]:
+        self._started = time.time()
+        self._global = dict(zip(self.keys, parameters_to_ndarrays(parameters), strict=True))
+        proxies = {int(p.node_id): p for p in client_manager.all().values()}
+        wanted = set(self.cfg.round_users(list(self.user_of_node.values()), server_round))
+        chosen = [p for nid, p in sorted(proxies.items()) if self.user_of_node.get(nid) in wanted]
+        ins = FitIns(parameters, {"server-round": server_round, "lr": self.cfg.lr})
+        return [(p, ins) for p in chosen]
+
+    def aggregate_fit(self, server_round: int, results: list[Any], failures: list[Any]) -> tuple[Parameters | None,
+                                                                                              dict[str, Any]]:
+        if failures:
+            raise RuntimeError(f"{len(failures)} client(s) failed in SecAgg+ round {server_round}: {failures[0]}")
+        params, _ = super().aggregate_fit(server_round, results, failures)
+        if params is None:
+            raise RuntimeError(f"SecAgg+ round {server_round} produced no aggregate")
+        agg = dict(zip(self.keys, parameters_to_ndarrays(params), strict=True))
+        # Only what an aggregate tells: the count of users and examples, and the shared local schedule.
+        fit = [r for _, r in results]
+        info = {"aggregate_size": len(fit), "num-examples": int(sum(r.num_examples for r in fit)),
+                "local-steps": int(fit[0].metrics.get("local-steps", 1)), "lr": self.cfg.lr,
+                "loss": float(np.average([float(r.metrics.get("loss", np.nan)) for r in fit],
+                                         weights=[r.num_examples for r in fit]))}
+        self._train, self._n = {"loss": info["loss"]}, len(fit)
+        self.on_aggregate(server_round, self._global, agg, info)
+        self.final = agg
+        return params, {}
+
+    def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Any]] | None:
+        if server_round == 0:
+            return None
+        state = {k: torch.from_numpy(a.copy()) for k, a in zip(self.keys, parameters_to_ndarrays(parameters),
+                                                                strict=True)}
+        ev = self.utility(state)
+        self.on_round_hook(server_round, {"started": self._started, "seconds": time.time() - self._started,
+                                          "n_clients": self._n, "train": self._train, "evaluate": ev["metrics"],
+                                          "per_user_accuracy": ev["per_user_accuracy"]})
+        return float(ev["metrics"].get("loss", 0.0)), {}
+
+
+def aggregate_reply(agg: dict[str, np.ndarray], info: dict[str, Any]) -> Any:
+    """The aggregate in the shape the attack dispatcher reads from a reply (content arrays + metrics)."""
+    return SimpleNamespace(content={"arrays": ArrayRecord({k: torch.from_numpy(v.copy()) for k, v in agg.items()}),
+                                    "metrics": MetricRecord({k: v for k, v in info.items()})})
+
+
+def run_secagg(grid: Any, context: Context, cfg: RunConfig, strategy: AggregateOnlyFedAvg) -> None:
+    """Run ``cfg.rounds`` rounds of Flower's DefaultWorkflow with SecAgg+ as the fit workflow."""
+    from flwr.server import LegacyContext, ServerConfig
+    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+
+    s = cfg.defenses.secagg
+    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.rounds), strategy=strategy)
+    shares: int | float = s.num_shares if s.num_shares else 1.0  # 1.0: every client in the round
+    DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(num_shares=shares,
+                                                    reconstruction_threshold=s.reconstruction_threshold))(grid, legacy)
+
