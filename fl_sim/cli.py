@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from fl_sim import audit_cli
 from fl_sim.errors import FlSimError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -24,6 +25,7 @@ app.add_typer(prior_app, name="prior")
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
+audit_cli.register(app)  # fl-sim audit: visual privacy audit of DP-SGD (fl_sim/audit.py)
 
 # Wide consoles: progress lines and tables read badly wrapped at 80 columns in logs.
 out = Console(width=120)

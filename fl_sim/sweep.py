@@ -169,6 +169,7 @@ def plot_sweep(doc: dict[str, Any], path: Path) -> None:
                               ("gender_accuracy", "gender read off the reconstruction", "^-")):
         ax1.plot(xs, [r.get(key) if r.get(key) is not None else np.nan for r in rows], style, label=label)
     ax1.axhline(doc["chance_reid_top1"], color="grey", ls="--", lw=1, label="re-id by chance")
+    ax1.axhline(0.5, color="C2", ls=":", lw=1, label="gender by chance")
     ax1.set_title("leakage to the curious server")
     ax2.plot(xs, [r.get("accuracy") if r.get("accuracy") is not None else np.nan for r in rows], "o-", color="C3",
              label="held-out accuracy (last round)")
@@ -177,9 +178,14 @@ def plot_sweep(doc: dict[str, Any], path: Path) -> None:
         if r.get("epsilon") is not None:
             ax2.annotate(f"ε={r['epsilon']:.3g}", (x, r["accuracy"]), textcoords="offset points", xytext=(0, 6),
                          fontsize=8, ha="center")
+    lows = [r[k] for r in rows for k in ("face_similarity", "reid_top1") if r.get(k) is not None]
+    ax1.set_ylim(min([0.0, *lows]) - 0.05, 1.05)  # similarity of a noise image can be below 0
+    ax2.set_ylim(0, 1.05)
+    spread = [x for x in xs if isinstance(x, (int, float)) and x > 0]
     for ax in (ax1, ax2):
         ax.set_xlabel(doc["param"])
-        ax.set_ylim(0, 1.05)
+        if numeric and spread and max(spread) / min(spread) > 20:
+            ax.set_xscale("symlog", linthresh=min(spread))  # values spanning decades, 0 included
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
         if not numeric:

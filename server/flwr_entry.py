@@ -21,7 +21,7 @@ def main(grid: Grid, context: Context) -> None:
     users, _, run_dir = init_run(cfg, Path(str(context.run_config.get("runs-dir", "runs"))).resolve())
     outcome: dict = {}
     try:
-        serve(grid, cfg, users, run_dir, outcome=outcome)
+        serve(grid, cfg, users, run_dir, outcome=outcome, context=context)
     finally:
         st = RunStore(run_dir / "store.sqlite")
         st.finish_run(FINISHED if "final_arrays" in outcome else FAILED, error=outcome.get("error"))
