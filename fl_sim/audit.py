@@ -153,12 +153,13 @@ class WienerFilter:
 
     mean: torch.Tensor   # (3, H, W)
     power: torch.Tensor  # (3, H, W)
+    count: int = 0       # calibration images it was fitted on
 
     @classmethod
     def fit(cls, images: torch.Tensor) -> "WienerFilter":
         mean = images.mean(0)
         spec = torch.fft.fft2((images - mean).double(), norm="ortho")
-        return cls(mean=mean, power=(spec.abs() ** 2).mean(0).float())
+        return cls(mean=mean, power=(spec.abs() ** 2).mean(0).float(), count=len(images))
 
     def __call__(self, y: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         s2 = (s.view(-1, 1, 1, 1) ** 2).to(y.dtype)
@@ -280,10 +281,10 @@ class AuditSettings:
     prior: str = "faces32"
     images: int = 16
     seed: int = 0
-    ddim_steps: int = 25
+    ddim_steps: int = 10
     dc: float = 0.0
-    samples: int = 1
-    eta: float = 0.0
+    samples: int = 8
+    eta: float = 1.0
     kappa_samples: int = 32
     calibration: str | None = None  # classical filter's images; default: the data's prior/train split
     steps: int = 1                  # DP-SGD steps for the ε label (1 with sample_rate 1: one Gaussian release)
@@ -361,6 +362,22 @@ def _calibration_photos(ds: Any, size: int, audited_users: int, per_user: int = 
     return [to_tensor(ds.photos_uint8(u.user)[:per_user], size) for u in users[::step][:n_users]]
 
 
+def _calibration_images(ds: Any, size: int, n: int = 2000) -> torch.Tensor:
+    """About n images spread over the dataset's users (first photos of each), without decoding all of it."""
+    from fl_sim.data.base import to_tensor
+
+    users = ds.users()
+    per_user = max(1, math.ceil(n / max(1, len(users))))
+    out, total = [], 0
+    for u in users[:: max(1, len(users) // n)]:
+        arr = ds.photos_uint8(u.user)[:per_user]
+        out.append(to_tensor(arr, size))
+        total += len(arr)
+        if total >= n:
+            break
+    return torch.cat(out)[:n]
+
+
 def run_audit(mus: Sequence[float], settings: AuditSettings, *, eps_labels: Sequence[float | None] | None = None,
               prior: DiffusionPrior | None = None,
               progress: Callable[[str], None] | None = None) -> AuditResult:
@@ -370,7 +387,6 @@ def run_audit(mus: Sequence[float], settings: AuditSettings, *, eps_labels: Sequ
     """
     from attacks.priors import PriorError, load_prior
     from fl_sim.data import open_dataset
-    from fl_sim.data.base import to_tensor
 
     validate(mus, settings.images)
     if eps_labels is not None and len(eps_labels) != len(mus):
@@ -389,14 +405,7 @@ def run_audit(mus: Sequence[float], settings: AuditSettings, *, eps_labels: Sequ
 
     # Classical filter statistics from the calibration split (never the audited images).
     cal_spec = settings.calibration or calibration_spec(settings.data)
-    cal_ds = open_dataset(cal_spec)
-    if hasattr(cal_ds, "all_photos_uint8"):
-        photos, _ = cal_ds.all_photos_uint8()
-        pick = np.random.default_rng(settings.seed).choice(len(photos), size=min(2000, len(photos)), replace=False)
-        cal_images = to_tensor(photos[np.sort(pick)], size)
-    else:
-        cal_images = torch.cat([to_tensor(cal_ds.photos_uint8(u.user), size) for u in cal_ds.users()[:200]])
-    wiener = WienerFilter.fit(cal_images)
+    wiener = WienerFilter.fit(_calibration_images(open_dataset(cal_spec), size))
 
     meta: dict[str, Any] = {
         "data": settings.data, "prior": settings.prior, "images": settings.images, "size": size, "seed": settings.seed,
@@ -404,7 +413,7 @@ def run_audit(mus: Sequence[float], settings: AuditSettings, *, eps_labels: Sequ
         "privacy": (f"one release of the Gaussian mechanism, exact GDP, delta={settings.delta:g}"
                     if settings.steps == 1 and settings.sample_rate == 1.0 else
                     f"{settings.steps} DP-SGD steps at sample rate {settings.sample_rate:g}, Opacus RDP, delta={settings.delta:g}"),
-        "classical": f"Wiener filter (mean image and power spectrum of {len(cal_images)} {cal_spec} images; gain P/(P+s^2))",
+        "classical": f"Wiener filter (mean image and power spectrum of {wiener.count} {cal_spec} images; gain P/(P+s^2))",
         "diffusion": {"ddim_steps": settings.ddim_steps, "dc": settings.dc, "samples": settings.samples, "eta": settings.eta},
         "mse_scale": "images in [-1, 1], clipped",
     }
@@ -510,7 +519,9 @@ def plot_metrics(result: AuditResult, path: Path) -> Path:
             if pts:
                 ax.plot(*zip(*pts), marker="o", color=colors[m], label=labels[m])
         if (key == "face_similarity") or (key == "ssim" and not faces):
-            ax.axhline(result.unrelated_similarity, ls="--", color="k", lw=1, label="unrelated images")
+            ax.axhline(result.unrelated_similarity, ls="--", color="k", lw=1, label="unrelated images (tells nothing)")
+        if key == "face_similarity":
+            ax.axhline(result.meta["threshold"], ls="-.", color="#2ca02c", lw=1, label="same-person threshold")
         if key == "success_rate":
             ax.plot([b["mu"] for b in result.rero_bound], [b["bound"] for b in result.rero_bound], ls=":", color="k",
                     marker="^", label="ReRo bound")
@@ -518,15 +529,20 @@ def plot_metrics(result: AuditResult, path: Path) -> Path:
         if key == "mse":
             ax.set_yscale("log")
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("μ (= 1/noise multiplier)")
+        mus = sorted({r["mu"] for r in result.rows})
+        ax.set_xticks(mus, [f"{m:g}" for m in mus])
+        ax.minorticks_off()
+        ax.set_xlabel("μ (= 1/noise multiplier; larger = less private)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-    axes[-1].legend(fontsize=8, loc="lower right")
-    if not faces:
-        axes[0].legend(fontsize=8)
+    handles: dict[str, Any] = {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     fig.suptitle(f"Visual audit of DP-SGD: {result.meta['data']} with prior {result.meta['prior']}, "
-                 f"{result.meta['images']} images", fontsize=11)
-    fig.tight_layout()
+                 f"{result.meta['images']} images; success = {result.meta['success_criterion']}", fontsize=9)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -562,10 +578,14 @@ def plot_panel(result: AuditResult, path: Path, n_rows: int = 6) -> Path:
     axes[0][0].set_title("original", fontsize=8)
     for j, mu in enumerate(mus):
         axes[0][j + 1].set_title(f"μ={mu:g}\n{_eps_text(eps.get(mu))}", fontsize=8)
-    fig.suptitle("What the adversary recovers (diffusion prior); stronger privacy to the left", fontsize=8)
-    fig.text(0.5, 0.005, f"ε at δ=1e-5: {delta}", ha="center", fontsize=6)
-    fig.tight_layout(rect=(0, 0.02, 1, 1))
+    import textwrap
+
+    width = max(30, int(14 * (len(mus) + 1)))
+    fig.suptitle(textwrap.fill(f"What an adversary with a diffusion prior ({result.meta['prior']}) recovers from one "
+                               f"DP-SGD gradient; more privacy (smaller μ, ε) to the left. ε: {delta}", width),
+                 fontsize=7)
+    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
     return path

@@ -40,10 +40,10 @@ def register(app: typer.Typer) -> None:
               prior: str = typer.Option("faces32", "--prior", help="faces32 (embedded) | a diffusers folder | a hub id"),
               images: int = typer.Option(16, "--images", help="how many images to audit"),
               seed: int = typer.Option(0, "--seed"),
-              ddim_steps: int = typer.Option(25, "--ddim-steps", help="reverse steps from t(μ) to 0"),
-              dc: float = typer.Option(0.0, "--dc", help="data-consistency strength toward the observation (0 = off)"),
-              samples: int = typer.Option(1, "--samples", help="average this many posterior samples (needs --eta > 0)"),
-              eta: float = typer.Option(0.0, "--eta", help="DDIM stochasticity (0 = deterministic)"),
+              ddim_steps: Optional[int] = typer.Option(None, "--ddim-steps", help="reverse steps from t(μ) to 0 [default: 10]"),
+              dc: Optional[float] = typer.Option(None, "--dc", help="data-consistency strength toward the observation [default: 0 = off]"),
+              samples: Optional[int] = typer.Option(None, "--samples", help="average this many posterior samples [default: 8]"),
+              eta: Optional[float] = typer.Option(None, "--eta", help="DDIM stochasticity, 0 = deterministic [default: 1]"),
               steps: int = typer.Option(1, "--steps", help="DP-SGD steps for the ε label (1: one Gaussian release)"),
               sample_rate: float = typer.Option(1.0, "--sample-rate", help="Poisson sampling rate for the ε label"),
               out_dir: Optional[Path] = typer.Option(None, "--out", help="folder for audit_plot.png and audit_panel.png"),
@@ -59,6 +59,12 @@ def register(app: typer.Typer) -> None:
         err = Console(stderr=True, width=120)
         mus = parse_mus(mu)
         validate(mus, images)
+        # Unset options take the measured defaults of AuditSettings (one place for them).
+        base = AuditSettings()
+        ddim_steps = base.ddim_steps if ddim_steps is None else ddim_steps
+        dc = base.dc if dc is None else dc
+        samples = base.samples if samples is None else samples
+        eta = base.eta if eta is None else eta
         if ddim_steps < 1:
             raise FlSimError(f"--ddim-steps: expected at least 1, got {ddim_steps}")
         if samples < 1 or (samples > 1 and eta <= 0):
