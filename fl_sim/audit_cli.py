@@ -31,6 +31,42 @@ def _fmt(v: Any, nd: int = 3) -> str:
     return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
 
 
+def run_settings(run_dir: Path) -> tuple[list[float], list[float | None], str, list[str]]:
+    """The DP-SGD settings a run's users actually had: (mus, eps labels, the run's dataset, notes).
+
+    One μ = 1/z per distinct noise multiplier; its ε label is the largest ε the run's store recorded for
+    users with that z (their accountant after their last round), so the panel reads in the run's own terms.
+    """
+    from fl_sim.store import RunStore
+
+    st = RunStore(run_dir / "store.sqlite", readonly=True)
+    try:
+        users, updates, cfg = st.users(), st.updates(), st.run()["config"]
+    finally:
+        st.close()
+    zs: dict[float, list[str]] = {}
+    for u in users:
+        dp = (u.get("defenses") or {}).get("dp_sgd")
+        if dp:
+            zs.setdefault(float(dp["noise_multiplier"]), []).append(u["user"])
+    if not zs:
+        raise FlSimError(f"--run {run_dir.name}: no user trained under DP-SGD, so there is no DP-SGD setting to audit")
+    notes, mus, eps = [], [], []
+    for z, who in sorted(zs.items()):
+        if z <= 0:
+            notes.append(f"{len(who)} user(s) had z=0 (clipping only): no noise, the first-layer extraction is exact")
+            continue
+        recorded = [float(up["metrics"]["dp-epsilon"]) for up in updates
+                    if up["user"] in who and "dp-epsilon" in up["metrics"]]
+        mus.append(1.0 / z)
+        eps.append(max(recorded) if recorded else None)
+        notes.append(f"{len(who)} user(s) at z={z:g} (mu={1 / z:.3g}), epsilon {max(recorded):.3g} after the run"
+                     if recorded else f"{len(who)} user(s) at z={z:g}")
+    if not mus:
+        raise FlSimError(f"--run {run_dir.name}: every DP-SGD user had z=0; " + notes[0])
+    return mus, eps, str(cfg["data"]["dataset"]), notes
+
+
 def register(app: typer.Typer) -> None:
     """Add `audit` to the fl-sim app."""
 
@@ -47,6 +83,8 @@ def register(app: typer.Typer) -> None:
               steps: int = typer.Option(1, "--steps", help="DP-SGD steps for the ε label (1: one Gaussian release)"),
               sample_rate: float = typer.Option(1.0, "--sample-rate", help="Poisson sampling rate for the ε label"),
               out_dir: Optional[Path] = typer.Option(None, "--out", help="folder for audit_plot.png and audit_panel.png"),
+              run: Optional[str] = typer.Option(None, "--run", help="audit the DP-SGD settings this run's users had"),
+              runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="where --run looks"),
               as_json: bool = typer.Option(False, "--json", help="print the result as JSON")) -> None:
         """What an informed adversary with an image prior recovers from one DP-SGD gradient, per μ, beside the bound."""
         import sys
@@ -57,7 +95,17 @@ def register(app: typer.Typer) -> None:
         from fl_sim.audit import AuditSettings, plot_metrics, plot_panel, run_audit, validate
 
         err = Console(stderr=True, width=120)
-        mus = parse_mus(mu)
+        eps_labels = None
+        if run is not None:
+            from fl_sim.cli import _run_dir
+
+            mus, eps_labels, run_data, notes = run_settings(_run_dir(runs_dir, run))
+            if data == "synthfaces:users":  # not given: the run's own users' dataset
+                data = run_data
+            for n in notes:
+                err.print(f"audit --run {run}: {n}", highlight=False)
+        else:
+            mus = parse_mus(mu)
         validate(mus, images)
         # Unset options take the measured defaults of AuditSettings (one place for them).
         base = AuditSettings()
@@ -73,7 +121,7 @@ def register(app: typer.Typer) -> None:
             raise FlSimError(f"--steps {steps} / --sample-rate {sample_rate}: expected steps >= 1 and 0 < rate <= 1")
         settings = AuditSettings(data=data, prior=prior, images=images, seed=seed, ddim_steps=ddim_steps, dc=dc,
                                  samples=samples, eta=eta, steps=steps, sample_rate=sample_rate)
-        res = run_audit(mus, settings, progress=lambda m: err.print(f"audit: {m}", highlight=False))
+        res = run_audit(mus, settings, eps_labels=eps_labels, progress=lambda m: err.print(f"audit: {m}", highlight=False))
         files = {}
         if out_dir is not None:
             files = {"plot": str(plot_metrics(res, out_dir / "audit_plot.png")),

@@ -72,11 +72,12 @@ def run(config: Optional[Path] = CONFIG, set_: Optional[list[str]] = typer.Optio
 @app.command()
 def sweep(config: Optional[Path] = CONFIG, set_: Optional[list[str]] = typer.Option(None, "--set", help="key=value for every run"),
           grid: Optional[list[str]] = typer.Option(None, "--grid", help="key=v1,v2,... (several --grid: their product)"),
+          baseline: bool = typer.Option(False, "--baseline", help="also run the base config (defense off) as reference lines"),
           runs_dir: Path = RUNS_DIR, as_json: bool = typer.Option(False, "--json")) -> None:
     """Run a grid of federations; table and plot of leakage and utility against the swept parameter."""
     from fl_sim.sweep import parse_grid, run_sweep
 
-    doc = run_sweep(config, set_ or [], parse_grid(grid or []), runs_dir, progress=err.print)
+    doc = run_sweep(config, set_ or [], parse_grid(grid or []), runs_dir, progress=err.print, baseline=baseline)
     if as_json:
         _json(doc)
         return
@@ -250,7 +251,9 @@ def _attack_rich_table(rows: list[dict[str, Any]], title: str) -> None:
     for r in sorted(rows, key=lambda r: (str(r["user"]), r["round"], r["method"])):
         who = r["user"] if r["user"] is not None else f"aggregate of {r['aggregate_size']}"
         rank = f"{r['reid_rank']}/{r['n_users']}" if r["reid_rank"] is not None else "-"
-        t.add_row(str(r["round"]), who, r["method"], r["status"], _fmt(r["face_similarity"]), rank,
+        sim = _fmt(r["face_similarity"]) if r["user"] is not None or r.get("best_match") is None else \
+            f"{_fmt(r['best_match_similarity'])} ({r['best_match']})"  # an aggregate: its best-matching user
+        t.add_row(str(r["round"]), who, r["method"], r["status"], sim, rank,
                   f"{r['inferred_gender'] or '-'}/{r['true_gender'] or '-'}",
                   f"{r['inferred_age_band'] or '-'}/{r['true_age_band'] or '-'}",
                   r["defenses"] + (f" (eps {r['dp_epsilon']:.3g})" if r.get("dp_epsilon") is not None else ""))

@@ -23,7 +23,8 @@ def attack_table(store: RunStore) -> list[dict[str, Any]]:
                      "status": a["status"], "face_similarity": m.get("face_similarity"), "reid_rank": m.get("reid_rank"),
                      "n_users": len(users), "inferred_gender": m.get("inferred_gender"), "true_gender": truth.get("gender"),
                      "inferred_age_band": m.get("inferred_age_band"), "true_age_band": truth.get("age_band"),
-                     "best_match": m.get("best_match"), "image": a["image"], "error": a["error"],
+                     "best_match": m.get("best_match"), "best_match_similarity": m.get("best_match_similarity"),
+                     "image": a["image"], "error": a["error"],
                      "defenses": describe(a["defenses"] or {}), "server_sees": hides_user(a["defenses"] or {}),
                      "dp_epsilon": _epsilon(store, a["round"], a["user"])})
     return rows

@@ -76,18 +76,24 @@ def load_training_images(data: str, size: int) -> torch.Tensor:
 
 def train_prior(spec: PriorTrainSpec, out: Path, *, resume: bool = False, images: torch.Tensor | None = None,
                 progress: Callable[[int, float, float], None] | None = None,
-                max_seconds: float | None = None, device: str = "cpu") -> dict[str, Any]:
+                max_seconds: float | None = None, device: str = "cpu", init_from: Path | None = None) -> dict[str, Any]:
     """Train (or resume) and export a diffusers-format prior into ``out`` (unet/, scheduler/, card).
 
     ``device`` moves the network and data (e.g. "cuda"); the random draws stay on a CPU generator, so a
-    run is resumable and reproducible across devices up to floating-point order.
+    run is resumable and reproducible across devices up to floating-point order. ``init_from``: start
+    from an exported prior's weights (a diffusers folder of the same architecture) with a fresh optimiser.
     """
     from diffusers.training_utils import EMAModel
 
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint.pt"
     images = load_training_images(spec.data, spec.size) if images is None else images
-    unet, sched = build_unet(spec).to(device), build_scheduler(spec)
+    unet, sched = build_unet(spec), build_scheduler(spec)
+    if init_from is not None and not resume:
+        from diffusers import UNet2DModel
+
+        unet.load_state_dict(UNet2DModel.from_pretrained(init_from, subfolder="unet").state_dict())
+    unet = unet.to(device)
     images = images.to(device)
     opt = torch.optim.AdamW(unet.parameters(), lr=spec.lr, weight_decay=0.0)
     ema = EMAModel(unet.parameters(), decay=spec.ema_max_decay, use_ema_warmup=True, inv_gamma=1.0, power=spec.ema_power)

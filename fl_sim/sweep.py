@@ -88,16 +88,24 @@ def _mean(xs: list[Any]) -> float | None:
 
 
 def run_sweep(config: Path | None, overrides: list[str], grid: list[tuple[str, list[str]]], runs_dir: Path,
-              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+              progress: Callable[[str], None] | None = None, baseline: bool = False) -> dict[str, Any]:
     """Run every grid point as its own federation (run folders beside the sweep's), then write
     sweep.json, sweep.md and sweep.png into runs/sweep-<id>/."""
     from fl_sim.federation import run_federation
 
     points = grid_configs(config, overrides, grid)
+    cfg0 = load_config(config, overrides) if baseline else None
     sweep_id = "sweep-" + time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
     sweep_dir = runs_dir / sweep_id
     sweep_dir.mkdir(parents=True)
     param = ",".join(k for k, _ in grid)
+    base_row: dict[str, Any] | None = None
+    if cfg0 is not None:  # the base config itself (the swept defenses at their defaults): the reference lines
+        if progress:
+            progress("[baseline] the base config, without the grid's settings")
+        res0 = run_federation(cfg0, runs_dir)
+        base_row = {"param": "baseline", "value": None, "run_id": res0.run_id, "status": res0.status,
+                    **(run_summary(res0.run_dir) if res0.status == "finished" else {"error": res0.error})}
     rows = []
     for i, (point, cfg) in enumerate(points, 1):
         value = ",".join(point.values())
@@ -115,7 +123,7 @@ def run_sweep(config: Path | None, overrides: list[str], grid: list[tuple[str, l
                      f"{_fmt(row.get('face_similarity'))}  re-id {_fmt(row.get('reid_top1'))}  ({res.run_id})")
     n_users = points[0][1].users
     doc = {"sweep_id": sweep_id, "sweep_dir": str(sweep_dir), "param": param, "base_overrides": overrides,
-           "chance_reid_top1": 1.0 / n_users, "rows": rows}
+           "chance_reid_top1": 1.0 / n_users, "rows": rows, "baseline": base_row}
     (sweep_dir / "sweep.json").write_text(json.dumps(doc, indent=2))
     (sweep_dir / "sweep.md").write_text(markdown_table(doc))
     plot_sweep(doc, sweep_dir / "sweep.png")
@@ -150,6 +158,11 @@ def markdown_table(doc: dict[str, Any]) -> str:
         lines.append(f"| {r['value']} | {eps} | {_fmt(r.get('accuracy'))} | {_fmt(r.get('face_similarity'))} | "
                      f"{_fmt(r.get('reid_top1'), 2)} | {_fmt(r.get('gender_accuracy'), 2)} | "
                      f"{r.get('strongest_method') or '-'} | {r['run_id']} |")
+    b = doc.get("baseline") or {}
+    if b.get("status") == "finished":
+        lines.append(f"| baseline (defense off) | ∞ (no DP) | {_fmt(b.get('accuracy'))} | {_fmt(b.get('face_similarity'))} | "
+                     f"{_fmt(b.get('reid_top1'), 2)} | {_fmt(b.get('gender_accuracy'), 2)} | "
+                     f"{b.get('strongest_method') or '-'} | {b['run_id']} |")
     return "\n".join(lines) + f"\n\nre-identification by chance: {doc['chance_reid_top1']:.2f}\n"
 
 
@@ -161,6 +174,7 @@ def plot_sweep(doc: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = [r for r in doc["rows"] if r.get("status") == "finished"]
+    base = doc.get("baseline") if (doc.get("baseline") or {}).get("status") == "finished" else None
     numeric = all(isinstance(r["value"], (int, float)) for r in rows)
     xs = [r["value"] if numeric else i for i, r in enumerate(rows)]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -168,6 +182,9 @@ def plot_sweep(doc: dict[str, Any], path: Path) -> None:
                               ("reid_top1", "re-identification top-1", "s-"),
                               ("gender_accuracy", "gender read off the reconstruction", "^-")):
         ax1.plot(xs, [r.get(key) if r.get(key) is not None else np.nan for r in rows], style, label=label)
+    if base:
+        ax1.axhline(base["face_similarity"], color="C0", ls="-.", lw=1, label="face similarity, defense off")
+        ax2.axhline(base["accuracy"], color="C3", ls="-.", lw=1, label="accuracy, defense off")
     ax1.axhline(doc["chance_reid_top1"], color="grey", ls="--", lw=1, label="re-id by chance")
     ax1.axhline(0.5, color="C2", ls=":", lw=1, label="gender by chance")
     ax1.set_title("leakage to the curious server")
@@ -176,8 +193,8 @@ def plot_sweep(doc: dict[str, Any], path: Path) -> None:
     ax2.set_title("utility")
     for r, x in zip(rows, xs):
         if r.get("epsilon") is not None:
-            ax2.annotate(f"ε={r['epsilon']:.3g}", (x, r["accuracy"]), textcoords="offset points", xytext=(0, 6),
-                         fontsize=8, ha="center")
+            ax2.annotate(f"ε={r['epsilon']:.2g}", (x, r["accuracy"]), textcoords="offset points", xytext=(2, -14),
+                         fontsize=7, ha="left", rotation=-45)
     lows = [r[k] for r in rows for k in ("face_similarity", "reid_top1") if r.get(k) is not None]
     ax1.set_ylim(min([0.0, *lows]) - 0.05, 1.05)  # similarity of a noise image can be below 0
     ax2.set_ylim(0, 1.05)
@@ -186,6 +203,7 @@ def plot_sweep(doc: dict[str, Any], path: Path) -> None:
         ax.set_xlabel(doc["param"])
         if numeric and spread and max(spread) / min(spread) > 20:
             ax.set_xscale("symlog", linthresh=min(spread))  # values spanning decades, 0 included
+            ax.set_xlim(min(xs) - 0.3 * min(spread), max(xs) * 1.3)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
         if not numeric:

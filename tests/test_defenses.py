@@ -56,6 +56,11 @@ def test_dp_sgd_epsilon_in_the_store_equals_opacus_accountant_and_defenses_diffe
     eps = [u["metrics"]["dp-epsilon"] for u in doc["updates"] if u["user"] in dp_users]
     assert eps[1] > eps[0]  # cumulative across rounds, not restarted
     assert all(r["accuracy"] is not None for r in doc["rounds"])  # utility recorded beside the privacy cost
+    # `fl-sim audit --run` audits exactly these settings: mu = 1/z, labelled with the run's final epsilon
+    from fl_sim.audit_cli import run_settings
+
+    mus, labels, data_spec, _ = run_settings(res.run_dir)
+    assert mus == [pytest.approx(1 / 1.3)] and labels == [pytest.approx(eps[1])] and data_spec.startswith("folder:")
 
 
 def test_target_epsilon_is_reached_after_all_planned_rounds() -> None:
@@ -135,7 +140,7 @@ def test_secagg_store_holds_only_aggregates_and_attacks_target_them(tmp_path: Pa
     assert all(n > 0 for n in norms)
 
 
-@pytest.mark.parametrize("mode", ["server-fixed", "local"])
+@pytest.mark.parametrize("mode", ["client-fixed", "server-fixed", "server-adaptive", "local"])
 def test_user_level_dp_modes_and_what_the_server_sees(tmp_path: Path, mode: str) -> None:
     data = make_face_folder(tmp_path / "faces", users=2, photos=6)
     clip = 1e-3
@@ -145,7 +150,7 @@ def test_user_level_dp_modes_and_what_the_server_sees(tmp_path: Path, mode: str)
     res = run_federation(cfg, tmp_path / "runs")
     assert res.status == "finished", res.error
     norms = np.array([u["update_norm"] for u in _export(res.run_dir)["updates"]])
-    if mode == "server-fixed":
+    if mode != "local":
         assert (norms <= clip * 1.0001).all()  # clipped, and no noise: the server sees the user's update
     else:
         assert (norms > 10 * clip).all()  # local DP's noise is in what the server receives
