@@ -30,7 +30,7 @@ def _attacks(run_dir: Path) -> list[dict]:
 def test_attacks_change_nothing_clients_or_aggregation_see_and_repeat_exactly(tmp_path: Path) -> None:
     data = make_face_folder(tmp_path / "faces", users=3, photos=6)
     base = [f"data.dataset=folder:{data}", "users=3", "rounds=2", "protocol=fedavg", *TINY, "attack.enabled=false"]
-    attack = ["attack.enabled=true", "attack.methods=ig,diffusion", "attack.iterations=4"]
+    attack = ["attack.enabled=true", "attack.methods=ig,diffusion", "attack.iterations=4", "attack.every=1"]
     off = run_federation(load_config(None, base), tmp_path / "off")
     on = run_federation(load_config(None, [*base, *attack]), tmp_path / "on")
     again = run_federation(load_config(None, [*base, *attack]), tmp_path / "again")
@@ -199,7 +199,7 @@ def test_the_curious_server_works_inside_flowers_dp_wrapper(tmp_path: Path) -> N
 
     data = make_face_folder(tmp_path / "faces", users=3, photos=6)
     cfg = load_config(None, [f"data.dataset=folder:{data}", "users=3", "rounds=2", "protocol=fedsgd", "lr=1.0", *TINY,
-                             "attack.enabled=true", "attack.methods=ig", "attack.iterations=3"])
+                             "attack.enabled=true", "attack.methods=ig", "attack.iterations=3", "attack.every=1"])
     clip = 1e-3
     res = run_federation(cfg, tmp_path / "runs", wrap=lambda s: DifferentialPrivacyServerSideFixedClipping(
         s, noise_multiplier=0.1, clipping_norm=clip, num_sampled_clients=3))
