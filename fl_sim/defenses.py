@@ -7,7 +7,6 @@ import random
 import warnings
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
 from fl_sim.errors import ConfigError
@@ -210,12 +209,3 @@ def compress_update(before: dict[str, torch.Tensor], after: dict[str, torch.Tens
         out[k] = (before[k].float() + delta[k]).to(after[k].dtype)
     return out
 
-
-def update_sparsity(before: dict[str, np.ndarray], after: dict[str, np.ndarray]) -> float:
-    """Fraction of an update's entries that are exactly zero."""
-    n = z = 0
-    for k, b in before.items():
-        d = after[k] - b
-        n += d.size
-        z += int((d == 0).sum())
-    return z / max(n, 1)
