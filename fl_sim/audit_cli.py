@@ -25,12 +25,6 @@ def parse_mus(text: str) -> list[float]:
     return values
 
 
-def _fmt(v: Any, nd: int = 3) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "-"
-    return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
-
-
 def run_settings(run_dir: Path) -> tuple[list[float], list[float | None], str, list[str]]:
     """The DP-SGD settings a run's users actually had: (mus, eps labels, the run's dataset, notes).
 
@@ -87,12 +81,11 @@ def register(app: typer.Typer) -> None:
               runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="where --run looks"),
               as_json: bool = typer.Option(False, "--json", help="print the result as JSON")) -> None:
         """What an informed adversary with an image prior recovers from one DP-SGD gradient, per μ, beside the bound."""
-        import sys
-
         from rich.console import Console
         from rich.table import Table
 
         from fl_sim.audit import AuditSettings, plot_metrics, plot_panel, run_audit, validate
+        from fl_sim.cli import _fmt, _json  # the CLI's own formatting (this module is imported by fl_sim.cli)
 
         err = Console(stderr=True, width=120)
         eps_labels = None
@@ -127,18 +120,7 @@ def register(app: typer.Typer) -> None:
             files = {"plot": str(plot_metrics(res, out_dir / "audit_plot.png")),
                      "panel": str(plot_panel(res, out_dir / "audit_panel.png"))}
         if as_json:
-            import json
-
-            def clean(o: Any) -> Any:
-                if isinstance(o, float) and not math.isfinite(o):
-                    return None
-                if isinstance(o, dict):
-                    return {k: clean(v) for k, v in o.items()}
-                if isinstance(o, (list, tuple)):
-                    return [clean(v) for v in o]
-                return o
-
-            sys.stdout.write(json.dumps(clean({**res.to_json(), **({"files": files} if files else {})}), indent=2) + "\n")
+            _json({**res.to_json(), **({"files": files} if files else {})})
             return
         out = Console(width=140)
         faces = res.meta.get("threshold") is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import warnings
@@ -62,18 +63,25 @@ def dp_sgd_noise(cfg: RunConfig) -> float:
     dp = cfg.defenses.dp_sgd
     if dp.target_epsilon <= 0:
         return dp.noise_multiplier
-    from opacus.accountants.utils import get_noise_multiplier
-
     q, steps = dp_sgd_schedule(cfg)
     try:
         # A user takes part in at most every round: planning for all of them is the safe side.
-        with warnings.catch_warnings():  # Opacus warns about its order grid while searching; not the user's concern
-            warnings.simplefilter("ignore")
-            return float(get_noise_multiplier(target_epsilon=dp.target_epsilon, target_delta=dp.delta, sample_rate=q,
-                                              steps=steps * cfg.rounds, accountant=dp.accountant))
+        return _noise_for(dp.target_epsilon, dp.delta, q, steps * cfg.rounds, dp.accountant)
     except ValueError as exc:
         raise ConfigError(f"config key 'defenses.dp_sgd.target_epsilon': {dp.target_epsilon} at delta {dp.delta} "
                           f"is unattainable over {cfg.rounds} rounds ({exc})") from None
+
+
+@functools.lru_cache(maxsize=64)
+def _noise_for(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str) -> float:
+    """Opacus's z for a target epsilon: a binary search, asked for by validation, the run folder, the
+    server and every client actor, hence cached per process."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    with warnings.catch_warnings():  # Opacus warns about its order grid while searching; not the user's concern
+        warnings.simplefilter("ignore")
+        return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
+                                          steps=steps, accountant=accountant))
 
 
 def validate_defenses(cfg: RunConfig) -> None:

@@ -15,6 +15,9 @@ from fl_sim.store import RunStore
 def attack_table(store: RunStore) -> list[dict[str, Any]]:
     """One row per attack with the figures a reader compares: similarity, rank, attributes."""
     users = {u["user"]: u for u in store.users()}
+    # Each user's DP-SGD epsilon after each round (None without DP-SGD noise), read once.
+    eps = {(u["round"], u["user"]): float(u["metrics"]["dp-epsilon"]) for u in store.updates()
+           if "dp-epsilon" in u["metrics"]}
     rows = []
     for a in store.attacks():
         m = a["metrics"]
@@ -26,16 +29,8 @@ def attack_table(store: RunStore) -> list[dict[str, Any]]:
                      "best_match": m.get("best_match"), "best_match_similarity": m.get("best_match_similarity"),
                      "image": a["image"], "error": a["error"],
                      "defenses": describe(a["defenses"] or {}), "server_sees": hides_user(a["defenses"] or {}),
-                     "dp_epsilon": _epsilon(store, a["round"], a["user"])})
+                     "dp_epsilon": eps.get((a["round"], a["user"]))})
     return rows
-
-
-def _epsilon(store: RunStore, rnd: int, user: str | None) -> float | None:
-    """The user's DP-SGD epsilon after the attacked round (None without DP-SGD noise)."""
-    for u in store.updates():
-        if u["round"] == rnd and u["user"] == user and "dp-epsilon" in u["metrics"]:
-            return float(u["metrics"]["dp-epsilon"])
-    return None
 
 
 def user_panel(run_dir: Path, user: str, rnd: int | None = None, out: Path | None = None,
