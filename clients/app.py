@@ -124,8 +124,10 @@ def make_client_app(cfg: RunConfig, users: list[str]) -> ClientApp:
         state = model.state_dict()
         if "compression" in d:
             state = compress_update(before, state, d["compression"], seed)
+        # How many photos carried a label: 0 means the update holds nothing about this user.
+        labelled = int((y >= 0).any(dim=1).sum())
         metrics = {"num-examples": res.num_examples, "local-steps": res.local_steps, "lr": cfg.lr,
-                   "loss": res.loss, "partition-id": pid, **extra}
+                   "loss": res.loss, "labelled-examples": labelled, "partition-id": pid, **extra}
         return state, metrics
 
     def _train_legacy(msg: Message, context: Context) -> Message:

@@ -82,12 +82,18 @@ def sweep(config: Optional[Path] = CONFIG, set_: Optional[list[str]] = typer.Opt
         _json(doc)
         return
     t = Table(title=f"sweep over {doc['param']} ({doc['sweep_id']})")
-    for c in (doc["param"], "epsilon", "accuracy", "face sim", "re-id top-1", "gender", "strongest", "run"):
+    from fl_sim.scoring import EVALUATORS
+    from fl_sim.sweep import _ci
+
+    for c in (doc["param"], "epsilon", "accuracy", "identity gain", *(f"re-id ({ev})" for ev in EVALUATORS), "gender",
+              "strongest", "run"):
         t.add_column(c)
-    for r in doc["rows"]:
-        t.add_row(str(r["value"]), _fmt(r.get("epsilon"), 2), _fmt(r.get("accuracy")), _fmt(r.get("face_similarity")),
-                  _fmt(r.get("reid_top1"), 2), _fmt(r.get("gender_accuracy"), 2), str(r.get("strongest_method") or "-"),
-                  r["run_id"])
+    for r in [*doc["rows"], *([doc["baseline"]] if doc.get("baseline") else [])]:
+        t.add_row(str(r["value"] if r["value"] is not None else "baseline"), _fmt(r.get("epsilon"), 2),
+                  _ci(r.get("accuracy"), r.get("accuracy_ci")),
+                  _ci(r.get("identity_gain"), r.get("identity_gain_ci")) + (" ⚠" if r.get("evaluators_disagree") else ""),
+                  *(_ci(r.get(f"{ev}_reid_top1"), r.get(f"{ev}_reid_top1_ci"), 2) for ev in EVALUATORS),
+                  _fmt(r.get("gender_accuracy"), 2), str(r.get("strongest_method") or "-"), r["run_id"])
     out.print(t)
     out.print(f"table {doc['table']}\nplot  {doc['plot']}")
     if any(r["status"] != "finished" for r in doc["rows"]):
@@ -100,7 +106,8 @@ def _run(config: Optional[Path], overrides: list[str], runs_dir: Path, as_json: 
     from fl_sim.federation import prepare_users, run_federation
 
     cfg = load_config(config, overrides)
-    prepare_users(cfg)  # data errors first: the banner is only printed for a run that will start
+    asked = cfg.task
+    prepare_users(cfg)  # data errors first (and task=auto settled): the banner is only printed for a run that will start
 
     def progress(rnd: int, rec: dict[str, Any]) -> None:
         if rnd < 0:
@@ -111,6 +118,10 @@ def _run(config: Optional[Path], overrides: list[str], runs_dir: Path, as_json: 
         err.print(f"round {rnd}/{cfg.rounds}  clients {rec['n_clients']}  train loss {_fmt(rec['train'].get('loss'))}"
                   f"  held-out acc {_fmt(ev.get('accuracy'))} ({heads})  {rec['seconds']:.1f}s")
 
+    if asked == "auto":
+        why = "every user has gender/age labels" if cfg.task == "attributes" else \
+            "not every user has gender/age labels, so each user is a class"
+        err.print(f"task=auto: {cfg.task} ({why}; set task= to choose)")
     err.print(f"federation: {cfg.users} users, {cfg.rounds} rounds, {cfg.protocol}, task {cfg.task}, "
               f"model {cfg.model.name}, data {cfg.data.dataset} @ {cfg.data.image_size}px")
     if cfg.attack.enabled:
@@ -245,15 +256,22 @@ def inspect(run: str, user: Optional[str] = typer.Option(None, "--user"), rnd: O
 
 def _attack_rich_table(rows: list[dict[str, Any]], title: str) -> None:
     t = Table(title=title)
-    for c in ("round", "user", "method", "status", "face sim", "re-id rank", "gender (inferred/true)", "age (inferred/true)",
-              "defenses"):
+    from fl_sim.scoring import EVALUATORS
+
+    for c in ("round", "user", "method", "status", *(f"{ev} sim / rank" for ev in EVALUATORS), "identity gain",
+              "gender (inferred/true)", "age (inferred/true)", "defenses"):
         t.add_column(c)
     for r in sorted(rows, key=lambda r: (str(r["user"]), r["round"], r["method"])):
         who = r["user"] if r["user"] is not None else f"aggregate of {r['aggregate_size']}"
-        rank = f"{r['reid_rank']}/{r['n_users']}" if r["reid_rank"] is not None else "-"
-        sim = _fmt(r["face_similarity"]) if r["user"] is not None or r.get("best_match") is None else \
-            f"{_fmt(r['best_match_similarity'])} ({r['best_match']})"  # an aggregate: its best-matching user
-        t.add_row(str(r["round"]), who, r["method"], r["status"], sim, rank,
+        cells = []
+        for ev in EVALUATORS:
+            if r["user"] is None and r.get(f"{ev}_best_match") is not None:  # an aggregate: its best-matching user
+                cells.append(f"{_fmt(r[f'{ev}_best_match_similarity'])} ({r[f'{ev}_best_match']})")
+            elif r.get(f"{ev}_reid_rank") is not None:
+                cells.append(f"{_fmt(r[f'{ev}_face_similarity'])} / {r[f'{ev}_reid_rank']}/{r['n_users']}")
+            else:
+                cells.append("-")
+        t.add_row(str(r["round"]), who, r["method"], r["status"], *cells, _fmt(r.get("identity_gain")),
                   f"{r['inferred_gender'] or '-'}/{r['true_gender'] or '-'}",
                   f"{r['inferred_age_band'] or '-'}/{r['true_age_band'] or '-'}",
                   r["defenses"] + (f" (eps {r['dp_epsilon']:.3g})" if r.get("dp_epsilon") is not None else ""))
@@ -444,6 +462,10 @@ def bench_attack_cmd(users: int = typer.Option(20, "--users"), batch_sizes: str 
                      rounds: str = typer.Option("0", "--round", help="round(s) of the default federation to attack, e.g. 5 or 0,5"),
                      protocol: str = typer.Option("fedsgd", "--protocol"), prior: str = PRIOR,
                      iterations: Optional[int] = typer.Option(None, "--iterations"),
+                     seeds: str = typer.Option("0", "--seeds", help="seeds to pool (model training and attack), e.g. 0,1"),
+                     data: str = typer.Option("synthfaces", "--data", help="the users' dataset spec (e.g. synthshift)"),
+                     nulls: bool = typer.Option(True, "--nulls/--no-nulls", help="also run the null controls (zero "
+                                                "update, an outsider's update): they must score at chance"),
                      figure: Optional[Path] = typer.Option(None, "--figure", help="PNG: per user 4 photos | each method, per round"),
                      doc: Optional[Path] = typer.Option(None, "--doc", help="write the tables into this markdown file "
                                                         "(between <!-- bench-attack:PROTOCOL:begin/end --> markers)"),
@@ -462,31 +484,44 @@ def bench_attack_cmd(users: int = typer.Option(20, "--users"), batch_sizes: str 
     sizes, rnds = _int_list("--batch-sizes", batch_sizes, 1), _int_list("--round", rounds, 0)
     if users < 2:
         raise FlSimError(f"--users: re-identification needs at least 2 users, got {users}")
+    seed_list = _int_list("--seeds", seeds, 0)
+    from fl_sim.data import open_dataset
+
+    n_ids = len(open_dataset(data).users())  # a bad spec is one line here, before any training
+    if n_ids < users:
+        raise FlSimError(f"--users: dataset {data} has {n_ids} identities, {users} requested")
     res = bench_attack(users=users, batch_sizes=sizes, methods=wanted, rounds=rnds, protocol=protocol, prior_spec=prior,
-                       iterations=iterations, progress=lambda m: err.print(m))
+                       iterations=iterations, seeds=seed_list, dataset=data, nulls=nulls,
+                       progress=lambda m: err.print(m))
     if figure:
         err.print(f"figure: {attack_figure(res, figure)}")
     if doc:
-        write_doc_section(doc, f"bench-attack:{protocol}", attack_markdown(res))
+        key = f"bench-attack:{protocol}" + ("" if data == "synthfaces" else f":{data}")
+        write_doc_section(doc, key, attack_markdown(res))
         err.print(f"tables written to {doc}")
     if as_json:
         _json({k: v for k, v in res.items() if k not in ("images", "photos")})
         return
-    t = Table(title=f"attack bench: {protocol}, {len(res['users'])} users")
-    for c in ("round", "method", "batch", "face sim", "re-id top1", "top5", "gender acc", "gender from labels",
-              "psnr", "s/user"):
+    t = Table(title=f"attack bench: {protocol}, {len(res['users'])} users of {res['dataset']}, seeds {seeds} "
+                    f"(95 % intervals over users; re-id by chance {res['chance_reid_top1']:.2f})")
+    for c in ("round", "method", "evaluator", "batch", "re-id top-1", "mean rank", "identity gain", "null re-id",
+              "gender acc", "s/user"):
         t.add_column(c)
+    ci = lambda v, c, nd=2: "-" if v is None else f"{v:.{nd}f} [{c[0]:.{nd}f},{c[1]:.{nd}f}]"  # noqa: E731
     for r in res["rows"]:
-        t.add_row(str(r["round"]), r["method"], str(r["batch_size"]), _fmt(r["face_similarity"]), _fmt(r["reid_top1"], 2),
-                  _fmt(r["reid_top5"], 2), _fmt(r["gender_acc"], 2), _fmt(r["label_acc"], 2), _fmt(r["psnr"], 1),
+        t.add_row(str(r["round"]), r["method"], r["evaluator"], str(r["batch_size"]), ci(r["reid_top1"], r["reid_top1_ci"]),
+                  ci(r["mean_rank"], r["mean_rank_ci"], 1), ci(r["identity_gain"], r["identity_gain_ci"], 3),
+                  ci(r.get("null_reid_top1"), r.get("null_reid_top1_ci")), ci(r["gender_acc"], r["gender_acc_ci"]),
                   _fmt(r["seconds_per_user"], 2))
     out.print(t)
-    for bs, c in res["context"].items():
-        ref = res["references"][bs]
-        out.print(f"batch {bs}: within-user similarity {c['within_user_min']:.2f}..{c['within_user_max']:.2f} "
-                  f"(mean {c['within_user_mean']:.2f}); between users {c['between_user_mean']:.2f}; average face "
-                  f"{ref['average_face_similarity']:.3f} (re-id {ref['average_face_reid_top1']:.2f}); user's mean photo "
-                  f"{ref['mean_photo_similarity']:.3f} (re-id {ref['mean_photo_reid_top1']:.2f})")
+    for c in res["comparisons"]:
+        verdict = f"{c['lead']} leads" if c["lead"] else "no difference called"
+        out.print(f"round {c['round']} batch {c['batch_size']} {c['evaluator']:>5} {c['metric']:<13} {c['a']} - {c['b']}: "
+                  f"{c['difference']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]  {verdict}")
+    for a in res["agreement"]:
+        if a.get("reid_top1_disagree"):
+            out.print(f"round {a['round']} {a['method']}: the evaluators disagree beyond their intervals; headline "
+                      f"re-id is the lower ({a['reid_top1_evaluator']}) {a['reid_top1']:.2f}")
 
 
 def _int_list(option: str, text: str, minimum: int) -> list[int]:

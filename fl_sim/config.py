@@ -153,8 +153,9 @@ class RunConfig:
     rounds: int = _f(6, "federated rounds", min=1)
     protocol: str = _f("fedavg", "fedsgd: one full-batch gradient step | fedavg: local epochs of mini-batch SGD",
                        choices=("fedsgd", "fedavg"))
-    task: str = _f("attributes", "attributes: gender + age-band heads | identity: one class per user",
-                   choices=("attributes", "identity"))
+    task: str = _f("auto", "auto: attributes where the data has gender/age labels, else identity (the run says "
+                           "which) | attributes: gender + age-band heads | identity: one class per user",
+                   choices=("auto", "attributes", "identity"))
     lr: float = _f(0.01, "client learning rate (eta)", min_exclusive=0.0)
     local_epochs: int = _f(1, "FedAvg: local epochs per round", min=1)
     local_batch_size: int = _f(8, "FedAvg: mini-batch size of local SGD", min=1)

@@ -94,7 +94,9 @@ def validate_defenses(cfg: RunConfig) -> None:
 
         from fl_sim.models import build_model, task_heads
 
-        model = build_model(cfg.model.name, task_heads(cfg.task, [f"u{i}" for i in range(cfg.users)]),
+        # Opacus judges the layers, not the heads: before task=auto is settled, either task will do.
+        task = "identity" if cfg.task == "identity" else "attributes"
+        model = build_model(cfg.model.name, task_heads(task, [f"u{i}" for i in range(cfg.users)]),
                             cfg.data.image_size, cfg.model.width, cfg.seed, cfg.model.norm)
         problems = ModuleValidator.validate(model, strict=False)
         if problems:

@@ -13,7 +13,7 @@ from typing import Any
 
 from fl_sim.config import RunConfig, to_dict, to_toml
 from fl_sim.data import UserRecord, choose_users, open_dataset
-from fl_sim.errors import FlSimError
+from fl_sim.errors import ConfigError, FlSimError
 from fl_sim.store import FAILED, FINISHED, RunStore
 
 
@@ -29,10 +29,33 @@ class RunResult:
 
 
 def prepare_users(cfg: RunConfig) -> list[UserRecord]:
-    """Open the dataset and pick the users; every data error surfaces here, before any folder exists."""
+    """Open the dataset and pick the users; every data error surfaces here, before any folder exists.
+
+    Also settles ``task=auto`` on ``cfg`` (see ``resolve_task``), so every later reader of
+    ``cfg.task`` — the heads, the clients, the config snapshot — sees the task that runs.
+    """
     d = cfg.data
-    return choose_users(open_dataset(d.dataset), n_users=cfg.users,
-                        need=max(d.min_photos_per_user, d.photos_per_user + d.holdout_per_user))
+    users = choose_users(open_dataset(d.dataset), n_users=cfg.users,
+                         need=max(d.min_photos_per_user, d.photos_per_user + d.holdout_per_user))
+    cfg.task = resolve_task(cfg, users)
+    return users
+
+
+def resolve_task(cfg: RunConfig, users: list[UserRecord]) -> str:
+    """The task the data supports: a task with nothing to learn from is refused, never run silently.
+
+    ``auto`` is ``attributes`` when every chosen user has a gender or an age band, else
+    ``identity`` (one class per user: always labelled). ``attributes`` on data where no user has
+    either is a config error: every label would be unknown, every loss 0 and every update empty.
+    """
+    labelled = [u.user for u in users if any(u.attributes.get(k) for k in ("gender", "age_band"))]
+    if cfg.task == "auto":
+        return "attributes" if len(labelled) == len(users) else "identity"
+    if cfg.task == "attributes" and not labelled:
+        raise ConfigError(f"config key 'task': attributes needs gender/age labels, but none of the {len(users)} users "
+                          f"of dataset {cfg.data.dataset!r} has any (add an attributes.csv with user,gender,age, "
+                          "or use task=identity)")
+    return cfg.task
 
 
 def new_run_dir(runs_dir: Path) -> tuple[str, Path]:

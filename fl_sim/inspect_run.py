@@ -9,6 +9,7 @@ import numpy as np
 
 from fl_sim.errors import FlSimError
 from fl_sim.defenses import describe, hides_user
+from fl_sim.scoring import EVALUATORS
 from fl_sim.store import RunStore
 
 
@@ -22,11 +23,13 @@ def attack_table(store: RunStore) -> list[dict[str, Any]]:
     for a in store.attacks():
         m = a["metrics"]
         truth = users.get(a["user"], {}).get("attributes", {}) if a["user"] else {}
+        per_eval = {f"{ev}_{k}": m.get(f"{ev}_{k}") for ev in EVALUATORS
+                    for k in ("face_similarity", "reid_rank", "identity_gain", "best_match", "best_match_similarity")}
         rows.append({"round": a["round"], "user": a["user"], "aggregate_size": a["aggregate_size"], "method": a["method"],
-                     "status": a["status"], "face_similarity": m.get("face_similarity"), "reid_rank": m.get("reid_rank"),
+                     "status": a["status"], **per_eval, "reid_rank": m.get("reid_rank"), "reid_top1": m.get("reid_top1"),
+                     "identity_gain": m.get("identity_gain"),
                      "n_users": len(users), "inferred_gender": m.get("inferred_gender"), "true_gender": truth.get("gender"),
                      "inferred_age_band": m.get("inferred_age_band"), "true_age_band": truth.get("age_band"),
-                     "best_match": m.get("best_match"), "best_match_similarity": m.get("best_match_similarity"),
                      "image": a["image"], "error": a["error"],
                      "defenses": describe(a["defenses"] or {}), "server_sees": hides_user(a["defenses"] or {}),
                      "dp_epsilon": eps.get((a["round"], a["user"]))})
@@ -61,8 +64,8 @@ def user_panel(run_dir: Path, user: str, rnd: int | None = None, out: Path | Non
     rounds = sorted({r["round"] for r in rows})
     methods = sorted({r["method"] for r in rows})
     w = 8 * tile
-    h = tile + 46 + len(rounds) * (tile + 16)
-    panel = Image.new("RGB", (max(w, len(methods) * (tile + 180)), h), "white")
+    h = tile + 46 + len(rounds) * (tile + 24)
+    panel = Image.new("RGB", (max(w, len(methods) * (tile + 200)), h), "white")
     draw = ImageDraw.Draw(panel)
     attrs = users[user]["attributes"]
     for i, p in enumerate(photos):
@@ -78,17 +81,20 @@ def user_panel(run_dir: Path, user: str, rnd: int | None = None, out: Path | Non
     for rr in rounds:
         for j, m in enumerate(methods):
             row = next((r for r in rows if r["round"] == rr and r["method"] == m), None)
-            x = j * (tile + 180)
+            x = j * (tile + 200)
             if row is None:
                 continue
             if row["image"] and (run_dir / row["image"]).exists():
                 panel.paste(Image.open(run_dir / row["image"]).convert("RGB").resize((tile, tile), Image.NEAREST), (x, y))
-            sim = row["face_similarity"]
-            text = (f"round {rr} {m} [{row['status']}]\nsim {sim:.3f}\nrank {row['reid_rank']}/{row['n_users']}\n"
-                    f"gender {row['inferred_gender']}\nage {row['inferred_age_band']}") if sim is not None else \
+            scored = row["status"] == "finished" and row["sface_face_similarity"] is not None
+            text = (f"round {rr} {m} [{row['status']}]\n"
+                    + "".join(f"{ev}: sim {row[f'{ev}_face_similarity']:.2f} rank {row[f'{ev}_reid_rank']}/{row['n_users']}\n"
+                              for ev in EVALUATORS if row.get(f"{ev}_face_similarity") is not None)
+                    + f"gain {row['identity_gain']:+.3f}\n"
+                    f"gender {row['inferred_gender']}, age {row['inferred_age_band']}") if scored else \
                 f"round {rr} {m}\n[{row['status']}]\n{(row['error'] or '')[:40]}"
             draw.text((x + tile + 6, y + 2), text, fill="black")
-        y += tile + 16
+        y += tile + 24
     out = out or run_dir / "panels" / f"{user}{'' if rnd is None else f'_r{rnd:03d}'}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     panel.save(out)

@@ -117,9 +117,10 @@ class RunStore:
         now = time.time()
         for r in rows:
             cur = self._db.execute(
-                "INSERT INTO attacks (round, user, aggregate_size, method, status, created, defenses) VALUES (?,?,?,?,?,?,?)",
+                "INSERT INTO attacks (round, user, aggregate_size, method, status, created, defenses, error)"
+                " VALUES (?,?,?,?,?,?,?,?)",
                 (r["rnd"], r["user"], r.get("aggregate_size", 1), r["method"], r["status"], now,
-                 json.dumps(r.get("defenses") or {})))
+                 json.dumps(r.get("defenses") or {}), r.get("error")))
             ids.append(int(cur.lastrowid or 0))
         self._db.commit()
         return ids

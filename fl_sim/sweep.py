@@ -43,13 +43,18 @@ def grid_configs(config: Path | None, overrides: list[str], grid: list[tuple[str
 
 
 def run_summary(run_dir: Path) -> dict[str, Any]:
-    """Utility and leakage of one finished run, read from its store.
+    """Utility and leakage of one finished run, read from its store, each with a 95 % interval.
 
-    Leakage is the strongest attack's: per method, the mean over its attacks of facial similarity,
-    re-identification top-1 and attribute accuracy; the method with the highest mean similarity is
-    reported. An aggregate attack (SecAgg+) has no target user: its similarity is to the best-matching
-    user of the run, and re-identification does not apply.
+    Utility is the last round's held-out accuracy, bootstrapped over users. Leakage is the
+    strongest attack's: per method, re-identification top-1 and identity gain under each
+    evaluator (intervals over users), the headline being the lower evaluator's; the strongest
+    method is the one with the highest headline identity gain. An aggregate attack (SecAgg+) has no
+    target user: its gain is to the best-matching user, one unit per round; re-id does not apply.
     """
+    from fl_sim.leakage import summarize
+    from fl_sim.scoring import EVALUATORS
+    from fl_sim.stats import bootstrap_ci
+
     st = RunStore(run_dir / "store.sqlite", readonly=True)
     try:
         rounds, updates, attacks = st.rounds(), st.updates(), st.attacks()
@@ -59,25 +64,35 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
     dp_users = {u["user"] for u in updates if "dp_sgd" in (u["defenses"] or {})}
     per_method: dict[str, dict[str, Any]] = {}
     for method in sorted({a["method"] for a in attacks}):
-        done = [a["metrics"] for a in attacks if a["method"] == method and a["status"] == "finished"]
+        done = [a for a in attacks if a["method"] == method and a["status"] == "finished"]
         if not done:
             continue
-        sim = [m.get("face_similarity", m.get("best_match_similarity")) for m in done]
+        units = [a["user"] if a["user"] is not None else f"round {a['round']}" for a in done]
+        summ = summarize([a["metrics"] for a in done], units)
         per_method[method] = {
-            "attacks": len(done), "face_similarity": float(np.mean(sim)),
-            "reid_top1": _mean([m.get("reid_top1") for m in done]),
-            "gender_accuracy": _mean([m.get("gender_correct") for m in done]),
-            "age_band_accuracy": _mean([m.get("age_band_correct") for m in done]),
-            "aggregate": all(m.get("face_similarity") is None for m in done),
+            "attacks": len(done), "no_signal": sum(a["status"] == "no-signal" for a in attacks if a["method"] == method),
+            "reid_top1": summ["reid_top1"], "reid_top1_ci": summ["reid_top1_ci"],
+            "identity_gain": summ["identity_gain"], "identity_gain_ci": summ["identity_gain_ci"],
+            "evaluators_disagree": bool(summ.get("reid_top1_disagree") or summ.get("identity_gain_disagree")),
+            **{f"{ev}_{k}": summ["evaluators"][ev][k] for ev in EVALUATORS
+               for k in ("reid_top1", "reid_top1_ci", "identity_gain", "identity_gain_ci")},
+            "gender_accuracy": _mean([a["metrics"].get("gender_correct") for a in done]),
+            "age_band_accuracy": _mean([a["metrics"].get("age_band_correct") for a in done]),
+            "aggregate": all(a["user"] is None for a in done),
         }
-    best = max(per_method, key=lambda m: per_method[m]["face_similarity"]) if per_method else None
+    scored = [m for m in per_method if per_method[m]["identity_gain"] is not None]
+    best = max(scored, key=lambda m: per_method[m]["identity_gain"]) if scored else None
     head = per_method.get(best, {}) if best else {}
+    acc_users = list((rounds[-1]["metrics"].get("per_user_accuracy") or {}).values()) if rounds else []
+    acc_ci = bootstrap_ci([a for a in acc_users if a is not None and math.isfinite(a)]) if acc_users else None
     return {
         "epsilon": max(eps) if eps else None,
         "dp_sgd_users": len(dp_users - {None}),
-        "accuracy": rounds[-1]["accuracy"] if rounds else None,
-        "face_similarity": head.get("face_similarity"), "reid_top1": head.get("reid_top1"),
-        "gender_accuracy": head.get("gender_accuracy"), "age_band_accuracy": head.get("age_band_accuracy"),
+        "accuracy": rounds[-1]["accuracy"] if rounds else None, "accuracy_ci": list(acc_ci) if acc_ci else None,
+        **{k: head.get(k) for k in ("reid_top1", "reid_top1_ci", "identity_gain", "identity_gain_ci",
+                                    "evaluators_disagree", "gender_accuracy", "age_band_accuracy",
+                                    *(f"{ev}_{k}" for ev in EVALUATORS
+                                      for k in ("reid_top1", "reid_top1_ci", "identity_gain", "identity_gain_ci")))},
         "strongest_method": best, "methods": per_method,
     }
 
@@ -119,8 +134,9 @@ def run_sweep(config: Path | None, overrides: list[str], grid: list[tuple[str, l
             row["error"] = res.error
         rows.append(row)
         if progress:
-            progress(f"    eps {_fmt(row.get('epsilon'))}  accuracy {_fmt(row.get('accuracy'))}  face sim "
-                     f"{_fmt(row.get('face_similarity'))}  re-id {_fmt(row.get('reid_top1'))}  ({res.run_id})")
+            progress(f"    eps {_fmt(row.get('epsilon'))}  accuracy {_ci(row.get('accuracy'), row.get('accuracy_ci'))}  "
+                     f"identity gain {_ci(row.get('identity_gain'), row.get('identity_gain_ci'))}  re-id "
+                     f"{_ci(row.get('reid_top1'), row.get('reid_top1_ci'), 2)}  ({res.run_id})")
     n_users = points[0][1].users
     doc = {"sweep_id": sweep_id, "sweep_dir": str(sweep_dir), "param": param, "base_overrides": overrides,
            "chance_reid_top1": 1.0 / n_users, "rows": rows, "baseline": base_row}
@@ -148,66 +164,95 @@ def _fmt(x: Any, nd: int = 3) -> str:
     return str(x)
 
 
+def _ci(v: Any, ci: Any, nd: int = 3) -> str:
+    """A figure with its interval, e.g. 0.781 [0.70, 0.85]."""
+    if v is None:
+        return "-"
+    return f"{_fmt(v, nd)} [{_fmt(ci[0], nd)}, {_fmt(ci[1], nd)}]" if ci else _fmt(v, nd)
+
+
 def markdown_table(doc: dict[str, Any]) -> str:
-    """The sweep as a markdown table (what docs/BENCHMARKS.md quotes)."""
-    lines = [f"| {doc['param']} | epsilon (delta of the run) | held-out accuracy | face similarity | re-id top-1 | "
-             f"gender acc. | strongest attack | run |", "|---|---|---|---|---|---|---|---|"]
+    """The sweep as a markdown table (what docs/BENCHMARKS.md quotes): every figure with its interval."""
+    from fl_sim.scoring import EVALUATORS
+
+    evs = " | ".join(f"re-id top-1 ({ev})" for ev in EVALUATORS)
+    lines = [f"| {doc['param']} | epsilon (delta of the run) | held-out accuracy | identity gain (lower evaluator) | "
+             f"{evs} | gender acc. | strongest attack | run |",
+             "|---|---|---|---|" + "---|" * len(EVALUATORS) + "---|---|---|"]
+
+    def line(label: str, eps: str, r: dict[str, Any]) -> str:
+        flag = " ⚠ evaluators disagree" if r.get("evaluators_disagree") else ""
+        reids = " | ".join(_ci(r.get(f"{ev}_reid_top1"), r.get(f"{ev}_reid_top1_ci"), 2) for ev in EVALUATORS)
+        return (f"| {label} | {eps} | {_ci(r.get('accuracy'), r.get('accuracy_ci'))} | "
+                f"{_ci(r.get('identity_gain'), r.get('identity_gain_ci'))}{flag} | {reids} | "
+                f"{_fmt(r.get('gender_accuracy'), 2)} | {r.get('strongest_method') or '-'} | {r['run_id']} |")
+
     for r in doc["rows"]:
         eps = _fmt(r.get("epsilon"), 2) if r.get("epsilon") is not None else (
             "∞ (no noise)" if r.get("dp_sgd_users") else "∞ (no DP)")
-        lines.append(f"| {r['value']} | {eps} | {_fmt(r.get('accuracy'))} | {_fmt(r.get('face_similarity'))} | "
-                     f"{_fmt(r.get('reid_top1'), 2)} | {_fmt(r.get('gender_accuracy'), 2)} | "
-                     f"{r.get('strongest_method') or '-'} | {r['run_id']} |")
+        lines.append(line(str(r["value"]), eps, r))
     b = doc.get("baseline") or {}
     if b.get("status") == "finished":
-        lines.append(f"| baseline (defense off) | ∞ (no DP) | {_fmt(b.get('accuracy'))} | {_fmt(b.get('face_similarity'))} | "
-                     f"{_fmt(b.get('reid_top1'), 2)} | {_fmt(b.get('gender_accuracy'), 2)} | "
-                     f"{b.get('strongest_method') or '-'} | {b['run_id']} |")
-    return "\n".join(lines) + f"\n\nre-identification by chance: {doc['chance_reid_top1']:.2f}\n"
+        lines.append(line("baseline (defense off)", "∞ (no DP)", b))
+    return "\n".join(lines) + (f"\n\nre-identification by chance: {doc['chance_reid_top1']:.2f}; intervals: 95 % "
+                               "bootstrap over users\n")
 
 
 def plot_sweep(doc: dict[str, Any], path: Path) -> None:
-    """Leakage (similarity, re-id, gender) and utility (accuracy) against the swept value."""
+    """Leakage (re-id under each evaluator, identity gain) and utility (accuracy) against the swept
+    value, each with its 95 % interval as error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from fl_sim.scoring import EVALUATORS
+
     rows = [r for r in doc["rows"] if r.get("status") == "finished"]
     base = doc.get("baseline") if (doc.get("baseline") or {}).get("status") == "finished" else None
     numeric = all(isinstance(r["value"], (int, float)) for r in rows)
-    xs = [r["value"] if numeric else i for i, r in enumerate(rows)]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for key, label, style in (("face_similarity", "face similarity (strongest attack)", "o-"),
-                              ("reid_top1", "re-identification top-1", "s-"),
-                              ("gender_accuracy", "gender read off the reconstruction", "^-")):
-        ax1.plot(xs, [r.get(key) if r.get(key) is not None else np.nan for r in rows], style, label=label)
+    xs = np.array([r["value"] if numeric else i for i, r in enumerate(rows)], dtype=float)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+
+    def errbar(ax: Any, key: str, label: str, style: str, color: str, shift: float = 0.0) -> None:
+        ys = np.array([r.get(key) if r.get(key) is not None else np.nan for r in rows], dtype=float)
+        lo = np.array([ys[i] - r[f"{key}_ci"][0] if r.get(f"{key}_ci") else 0 for i, r in enumerate(rows)])
+        hi = np.array([r[f"{key}_ci"][1] - ys[i] if r.get(f"{key}_ci") else 0 for i, r in enumerate(rows)])
+        ax.errorbar(xs * (1 + shift) if numeric else xs + shift, ys, yerr=[lo, hi], fmt=style, color=color,
+                    capsize=3, label=label)
+
+    for i, ev in enumerate(EVALUATORS):
+        errbar(ax1, f"{ev}_reid_top1", f"re-id top-1 ({ev})", "s-", f"C{i}", shift=0.03 * i)
+    errbar(ax1, "identity_gain", "identity gain (lower evaluator)", "o-", "C4")
     if base:
-        ax1.axhline(base["face_similarity"], color="C0", ls="-.", lw=1, label="face similarity, defense off")
+        if base.get("reid_top1") is not None:
+            ax1.axhline(base["reid_top1"], color="C0", ls="-.", lw=1, label="re-id, defense off (lower evaluator)")
         ax2.axhline(base["accuracy"], color="C3", ls="-.", lw=1, label="accuracy, defense off")
+        if base.get("accuracy_ci"):
+            ax2.axhspan(base["accuracy_ci"][0], base["accuracy_ci"][1], color="C3", alpha=0.1)
     ax1.axhline(doc["chance_reid_top1"], color="grey", ls="--", lw=1, label="re-id by chance")
-    ax1.axhline(0.5, color="C2", ls=":", lw=1, label="gender by chance")
-    ax1.set_title("leakage to the curious server")
-    ax2.plot(xs, [r.get("accuracy") if r.get("accuracy") is not None else np.nan for r in rows], "o-", color="C3",
-             label="held-out accuracy (last round)")
+    ax1.axhline(0.0, color="black", lw=0.6)
+    ax1.set_title("leakage to the curious server (strongest attack)")
+    errbar(ax2, "accuracy", "held-out accuracy (last round)", "o-", "C3")
     ax2.set_title("utility")
     for r, x in zip(rows, xs):
-        if r.get("epsilon") is not None:
+        if r.get("epsilon") is not None and r.get("accuracy") is not None:
             ax2.annotate(f"ε={r['epsilon']:.2g}", (x, r["accuracy"]), textcoords="offset points", xytext=(2, -14),
                          fontsize=7, ha="left", rotation=-45)
-    lows = [r[k] for r in rows for k in ("face_similarity", "reid_top1") if r.get(k) is not None]
-    ax1.set_ylim(min([0.0, *lows]) - 0.05, 1.05)  # similarity of a noise image can be below 0
+    lows = [r[k] for r in rows for k in ("identity_gain",) if r.get(k) is not None]
+    ax1.set_ylim(min([0.0, *lows]) - 0.05, 1.05)
     ax2.set_ylim(0, 1.05)
-    spread = [x for x in xs if isinstance(x, (int, float)) and x > 0]
+    spread = [x for x in xs if x > 0] if numeric else []
     for ax in (ax1, ax2):
         ax.set_xlabel(doc["param"])
         if numeric and spread and max(spread) / min(spread) > 20:
             ax.set_xscale("symlog", linthresh=min(spread))  # values spanning decades, 0 included
             ax.set_xlim(min(xs) - 0.3 * min(spread), max(xs) * 1.3)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+        ax.legend(fontsize=7, loc="best")
         if not numeric:
             ax.set_xticks(xs, [str(r["value"]) for r in rows])
+    fig.suptitle("error bars: 95 % bootstrap intervals over users", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
 
@@ -23,6 +25,19 @@ from server.worker import AttackJob, AttackOutcome
 
 
 _STOP = object()
+NO_SIGNAL = "no-signal"  # an attack not run: the update carries no information about its user
+
+
+def no_signal(global_state: dict[str, Any], reply: Message) -> str | None:
+    """Why a reply's update carries nothing to attack (None if it does): its training saw no
+    labelled example (the client says so), or it is exactly the global model."""
+    metrics = dict(reply.content["metrics"])
+    if int(metrics.get("labelled-examples", 1)) == 0:
+        return "no signal: the user's training saw no labelled example (every label unknown)"
+    arrays = reply.content["arrays"]
+    if all(np.array_equal(np.asarray(arrays[k].numpy()), np.asarray(global_state[k])) for k in global_state):
+        return "no signal: the update is exactly zero (norm 0)"
+    return None
 
 
 @dataclass
@@ -120,6 +135,14 @@ class AttackDispatcher:
         a = self.cfg.attack
         chosen = set(self.cfg.attacked_users(self.users)) if aggregate_size == 1 else None
         picked = [(u, m) for u, m in replies if chosen is None or u in chosen]
+        # An update that carries nothing is recorded as such, never attacked and scored as if it did.
+        silent = [(u, m, why) for u, m in picked if (why := no_signal(global_state, m)) is not None]
+        if silent:
+            self.store.add_attacks([{"rnd": rnd, "user": u if aggregate_size == 1 else None, "method": meth,
+                                     "status": NO_SIGNAL, "aggregate_size": aggregate_size,
+                                     "defenses": self._defenses_of(u if aggregate_size == 1 else None), "error": why}
+                                    for u, _, why in silent for meth in a.methods])
+            picked = [(u, m) for u, m in picked if all(m is not s[1] for s in silent)]
         if not picked:
             return False
         targets = [u if aggregate_size == 1 else None for u, _ in picked]

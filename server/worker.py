@@ -64,13 +64,15 @@ class AttackWorker:
     def warm_up(self, prior: str | None) -> int:
         """Load what every job needs (the prior, the face evaluators) before the federation starts,
         so that cost lands in start-up, not in the first attacked rounds."""
-        from fl_sim.evaluators.face import age_gender, sface
+        from fl_sim.evaluators.face import age_gender, identity_embedder
+        from fl_sim.scoring import EVALUATORS
 
         torch.set_num_threads(1)
         self._lower_priority()
         if prior:
             self._prior(prior)
-        sface()
+        for name in EVALUATORS:
+            identity_embedder(name)
         age_gender()
         return os.getpid()
 
@@ -126,8 +128,10 @@ class AttackWorker:
 
     def _score(self, job: AttackJob, recs: dict[str, list[Any]]) -> list[dict[str, Any]]:
         """The only place ground truth is touched: loaded here, after the attacks returned."""
+        from PIL import Image
+
         from fl_sim.data import open_dataset
-        from fl_sim.prior_train import save_grid
+        from fl_sim.evaluators.face import to_uint8_hwc
         from fl_sim.scoring import UserTruth, score
 
         key = (job.dataset, job.image_size, job.photos_per_user, tuple(job.run_users))
@@ -145,7 +149,8 @@ class AttackWorker:
             scores = score(images, job.targets, truth)
             for t, r, s in zip(job.targets, rs, scores):
                 name = f"r{job.round:03d}_{t or 'aggregate'}_{method}.png"
-                save_grid(r.image[None], img_dir / name, nrow=1, scale=4)
+                # Native size, no frame: panels upscale on display; scores come from the tensor itself.
+                Image.fromarray(to_uint8_hwc(r.image[None])[0]).save(img_dir / name)
                 rows.append({"target": t, "method": method, "status": "finished", "image": f"attacks/{name}",
                              "metrics": {**s, "labels": r.labels, "seconds": r.seconds, "final_loss": r.final_loss},
                              "error": None})

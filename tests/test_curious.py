@@ -39,7 +39,12 @@ def test_attacks_change_nothing_clients_or_aggregation_see_and_repeat_exactly(tm
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit-identical
     attacks = _attacks(on.run_dir)
     assert len(attacks) == 2 * 3 * 2 and all(x["status"] == "finished" for x in attacks)
-    assert all("face_similarity" in x["metrics"] and (on.run_dir / x["image"]).exists() for x in attacks)
+    assert all({"sface_face_similarity", "dlib_face_similarity", "identity_gain"} <= set(x["metrics"])
+               and (on.run_dir / x["image"]).exists() for x in attacks)
+    # Stored at native size (16 px here): no frame, no upscale.
+    from PIL import Image
+
+    assert all(Image.open(on.run_dir / x["image"]).size == (16, 16) for x in attacks)
     # Same seed, same results: every reconstruction (PNG bytes) and every metric repeats.
     repeat = _attacks(again.run_dir)
     assert [(x["round"], x["user"], x["method"]) for x in attacks] == [(x["round"], x["user"], x["method"]) for x in repeat]
@@ -71,7 +76,7 @@ def _inspect_and_export(run_dir: Path, attacks: list[dict]) -> None:
     assert Image.open(one["panel"]).size[0] > 300 and set(one["context"]) >= {"within_user_min", "between_user_mean"}
     exported = json.loads(subprocess.run([str(FL_SIM), "export", rid, "--runs-dir", runs], capture_output=True,
                                          text=True, check=True).stdout)
-    assert all(a["status"] == "finished" and {"face_similarity", "reid_rank"} <= set(a["metrics"])
+    assert all(a["status"] == "finished" and {"sface_reid_rank", "dlib_reid_rank", "reid_rank"} <= set(a["metrics"])
                and (run_dir / a["image"]).exists() for a in exported["attacks"])
     bad = subprocess.run([str(FL_SIM), "inspect", rid, "--runs-dir", runs, "--user", "nobody"], capture_output=True,
                          text=True)

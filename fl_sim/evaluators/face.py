@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -217,10 +218,14 @@ class FaceNetEmbedder:
         return torch.nn.functional.normalize(emb, dim=1).numpy()
 
 
-def identity_embedder(name: str = "sface", *, fallback: bool = False) -> SFaceEmbedder | FaceNetEmbedder:
-    """The identity evaluator by name; FaceNet falls back to SFace only when asked to."""
+def identity_embedder(name: str = "sface", *, fallback: bool = False) -> Any:
+    """The identity evaluator by name (sface | dlib | facenet); FaceNet falls back to SFace only when asked to."""
     if name == "sface":
         return sface()
+    if name == "dlib":
+        from fl_sim.evaluators.dlib_face import dlib_embedder
+
+        return dlib_embedder()
     if name == "facenet":
         try:
             return FaceNetEmbedder()
@@ -228,4 +233,4 @@ def identity_embedder(name: str = "sface", *, fallback: bool = False) -> SFaceEm
             if fallback:
                 return sface()
             raise
-    raise FlSimError(f"unknown face evaluator {name!r} (sface | facenet)")
+    raise FlSimError(f"unknown face evaluator {name!r} (sface | dlib | facenet)")
