@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fl-sim-installed
 
-.PHONY: demo test venv synth-data bench clean-runs
+.PHONY: demo test venv synth-data synth-shifted bench clean-runs
 
 venv: $(STAMP)
 
@@ -25,6 +25,12 @@ synth-data: $(STAMP)
 	$(BIN)/python -m pip install --quiet 'openvino>=2024.0'
 	$(BIN)/python -m pip install --quiet --no-deps random-face==2021.7.21.1
 	$(BIN)/fl-sim data synth
+
+# The shifted users (fl_sim/assets/synthshift): other seed, truncation 0.8, photo noise 0.4, users only.
+synth-shifted: $(STAMP)
+	$(BIN)/python -m pip install --quiet 'openvino>=2024.0'
+	$(BIN)/python -m pip install --quiet --no-deps random-face==2021.7.21.1
+	$(BIN)/fl-sim data synth --preset shifted
 
 bench: $(STAMP)
 	$(BIN)/fl-sim bench federation

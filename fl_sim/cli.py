@@ -325,19 +325,26 @@ def data_sheet(dataset: str = typer.Argument("synthfaces"), out_path: Path = typ
 
 
 @data_app.command("synth")
-def data_synth(out_dir: Path = typer.Option(None, "--out", help="output folder (default: the embedded assets)"),
+def data_synth(preset: str = typer.Option("embedded", "--preset", help="embedded (synthfaces) | shifted (synthshift)"),
+               out_dir: Optional[Path] = typer.Option(None, "--out", help="output folder (default: the preset's assets)"),
                work_dir: Path = typer.Option(Path(".cache/synth-work"), "--work-dir", help="resumable shards"),
-               seed: int = typer.Option(20261122, "--seed"), users: int = typer.Option(100, "--users"),
-               photos_per_user: int = typer.Option(80, "--photos-per-user"),
-               prior_identities: int = typer.Option(5000, "--prior-identities"),
-               photos_per_prior_identity: int = typer.Option(2, "--photos-per-prior-identity")) -> None:
-    """Generate the synthetic identities (MobileStyleGAN); normal users never need this."""
-    from fl_sim.data.synth import SynthSpec, generate
-    from fl_sim.data.synthfaces import ASSET_DIR
+               seed: Optional[int] = typer.Option(None, "--seed", help="default: the preset's"),
+               users: Optional[int] = typer.Option(None, "--users", help="default: the preset's"),
+               photos_per_user: Optional[int] = typer.Option(None, "--photos-per-user", help="default: the preset's"),
+               prior_identities: Optional[int] = typer.Option(None, "--prior-identities", help="default: the preset's"),
+               photos_per_prior_identity: Optional[int] = typer.Option(
+                   None, "--photos-per-prior-identity", help="default: the preset's")) -> None:
+    """Generate synthetic identities (MobileStyleGAN); normal users never need this."""
+    import dataclasses
 
-    spec = SynthSpec(seed=seed, users=users, photos_per_user=photos_per_user, prior_identities=prior_identities,
-                     photos_per_prior_identity=photos_per_prior_identity)
-    target = out_dir or ASSET_DIR
+    from fl_sim.data.synth import PRESETS, asset_dir, generate
+
+    if preset not in PRESETS:
+        raise FlSimError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
+    given = {"seed": seed, "users": users, "photos_per_user": photos_per_user, "prior_identities": prior_identities,
+             "photos_per_prior_identity": photos_per_prior_identity}
+    spec = dataclasses.replace(PRESETS[preset], **{k: v for k, v in given.items() if v is not None})
+    target = out_dir or asset_dir(spec)
 
     def progress(split: str, i: int, n: int) -> None:
         if i % 25 == 0 or i == n:

@@ -30,7 +30,7 @@ def _f(default: Any, text: str, **extra: Any) -> Any:
 class DataConfig:
     """Where the users' photos come from."""
 
-    dataset: str = _f("synthfaces", "dataset spec: synthfaces | folder:PATH | celeba:PATH | lfw:PATH | hf:NAME[:ID_COLUMN]")
+    dataset: str = _f("synthfaces", "dataset spec: synthfaces | synthshift | folder:PATH | celeba:PATH | lfw:PATH | hf:NAME[:ID_COLUMN]")
     image_size: int = _f(32, "side of the square images fed to the model (pixels)", min=8, max=256)
     photos_per_user: int = _f(32, "training photos each user holds (their local batch)", min=1)
     holdout_per_user: int = _f(8, "held-out photos per user, for utility (accuracy) only", min=1)

@@ -36,6 +36,15 @@ def _synthfaces(arg: str | None) -> FaceDataset:
     return open_synthfaces(arg or "users")
 
 
+@register_dataset("synthshift")
+def _synthshift(arg: str | None) -> FaceDataset:
+    from fl_sim.data.synthshift import open_synthshift
+
+    if arg:
+        raise DataError(f"synthshift has no splits (got 'synthshift:{arg}'): it holds users only")
+    return open_synthshift()
+
+
 @register_dataset("folder")
 def _folder(arg: str | None) -> FaceDataset:
     from fl_sim.data.folders import FolderFaces
@@ -80,7 +89,7 @@ def _fashion_mnist(arg: str | None) -> FaceDataset:
 
 
 def open_dataset(spec: str) -> FaceDataset:
-    """Open a dataset from its spec, e.g. ``synthfaces``, ``folder:/data/me``, ``celeba:/data/celeba``."""
+    """Open a dataset from its spec, e.g. ``synthfaces``, ``synthshift``, ``folder:/data/me``, ``celeba:/data/celeba``."""
     kind, _, arg = spec.partition(":")
     if kind not in DATASETS:
         raise DataError(f"unknown dataset {kind!r} in spec {spec!r} (known: {', '.join(sorted(DATASETS))})")

@@ -77,6 +77,13 @@ def dataset_info(spec: str, size: int) -> dict[str, Any]:
         info["prior_images"] = sum(u.n_photos for u in prior.users())
         info["prior_identities"] = len(prior.users())
         info["identities_disjoint"] = synthfaces_disjoint(open_synthfaces("users").identities(), prior.identities())
+    elif spec.split(":")[0] == "synthshift":
+        from fl_sim.data.synthfaces import open_synthfaces
+        from fl_sim.data.synthshift import identities
+
+        # Disjoint from every embedded identity, users and prior alike.
+        embedded = open_synthfaces("users").identities() + open_synthfaces("prior").identities()
+        info["identities_disjoint"] = synthfaces_disjoint(identities(), embedded)
     return info
 
 
