@@ -107,8 +107,9 @@ def make_client_app(cfg: RunConfig, users: list[str]) -> ClientApp:
         extra: dict[str, Any] = {}
         if "dp_sgd" in d:
             p = d["dp_sgd"]
-            r = dp_local_train(model, data.train, y, heads, protocol=cfg.protocol, lr=cfg.lr, epochs=cfg.local_epochs,
-                               batch_size=cfg.local_batch_size, seed=seed, noise_multiplier=p["noise_multiplier"],
+            # DP-SGD's own lr / batch / epochs (fl_sim.defenses.dp_sgd_training), not the run's
+            r = dp_local_train(model, data.train, y, heads, protocol=cfg.protocol, lr=p["lr"], epochs=p["epochs"],
+                               batch_size=p["batch_size"], seed=seed, noise_multiplier=p["noise_multiplier"],
                                max_grad_norm=p["max_grad_norm"], delta=p["delta"], accountant=p["accountant"],
                                accountant_state=_load_accountant(context))
             _save_accountant(context, r.accountant_state)
@@ -126,7 +127,8 @@ def make_client_app(cfg: RunConfig, users: list[str]) -> ClientApp:
             state = compress_update(before, state, d["compression"], seed)
         # How many photos carried a label: 0 means the update holds nothing about this user.
         labelled = int((y >= 0).any(dim=1).sum())
-        metrics = {"num-examples": res.num_examples, "local-steps": res.local_steps, "lr": cfg.lr,
+        metrics = {"num-examples": res.num_examples, "local-steps": res.local_steps,
+                   "lr": d["dp_sgd"]["lr"] if "dp_sgd" in d else cfg.lr,
                    "loss": res.loss, "labelled-examples": labelled, "partition-id": pid, **extra}
         return state, metrics
 

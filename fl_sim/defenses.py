@@ -49,13 +49,23 @@ def _check_users_spec(spec: str, key: str) -> None:
         raise ConfigError(f"config key '{key}': expected sample:N, got {spec!r}")
 
 
+def dp_sgd_training(cfg: RunConfig) -> tuple[float, int, int]:
+    """(lr, batch size, local epochs) of one user's DP-SGD: its own keys, 0 falling back to the run's."""
+    dp = cfg.defenses.dp_sgd
+    n = cfg.data.photos_per_user
+    if cfg.protocol == "fedsgd":
+        return dp.lr or cfg.lr, n, 1
+    return dp.lr or cfg.lr, min(dp.batch_size or n, n), dp.epochs or cfg.local_epochs
+
+
 def dp_sgd_schedule(cfg: RunConfig) -> tuple[float, int]:
     """(sample rate q, optimizer steps per round) of one user's DP-SGD with Poisson sampling."""
     n = cfg.data.photos_per_user
     if cfg.protocol == "fedsgd":
         return 1.0, 1
-    batches = math.ceil(n / cfg.local_batch_size)  # Opacus: q = 1 / len(loader), len(loader) steps an epoch
-    return 1.0 / batches, batches * cfg.local_epochs
+    _, batch, epochs = dp_sgd_training(cfg)
+    batches = math.ceil(n / batch)  # Opacus: q = 1 / len(loader), len(loader) steps an epoch
+    return 1.0 / batches, batches * epochs
 
 
 def dp_sgd_noise(cfg: RunConfig) -> float:
@@ -135,12 +145,14 @@ def user_defenses(cfg: RunConfig, users: list[str]) -> dict[str, dict[str, Any]]
                      ) if comp_on else set()
     z = dp_sgd_noise(cfg) if dp_users else None
     q, steps = dp_sgd_schedule(cfg)
+    dp_lr, dp_batch, dp_epochs = dp_sgd_training(cfg)
     out: dict[str, dict[str, Any]] = {}
     for u in sorted(users):
         rec: dict[str, Any] = {}
         if u in dp_users:
             rec["dp_sgd"] = {"noise_multiplier": z, "max_grad_norm": d.dp_sgd.max_grad_norm, "delta": d.dp_sgd.delta,
                              "sample_rate": q, "steps_per_round": steps, "accountant": d.dp_sgd.accountant,
+                             "lr": dp_lr, "batch_size": dp_batch, "epochs": dp_epochs,
                              "target_epsilon": d.dp_sgd.target_epsilon or None}
         if u in comp_users:
             rec["compression"] = {k: v for k, v in (("topk", comp.topk), ("prune", comp.prune),

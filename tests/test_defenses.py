@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from fl_sim.config import load_config
-from fl_sim.defenses import compress_update, dp_sgd_noise, dp_sgd_schedule, hides_user, user_defenses
+from fl_sim.defenses import (compress_update, dp_sgd_noise, dp_sgd_schedule, dp_sgd_training, hides_user,
+                              user_defenses)
 from fl_sim.federation import run_federation
 from fl_sim.store import RunStore
 from tests.conftest import FL_SIM, make_face_folder
@@ -30,11 +31,12 @@ def _export(run_dir: Path) -> dict:
 def test_dp_sgd_epsilon_in_the_store_equals_opacus_accountant_and_defenses_differ_per_user(tmp_path: Path) -> None:
     from opacus.accountants import RDPAccountant
 
-    # Prepare: 2 users, half of them (one) under DP-SGD; FedAvg with 2 mini-batches of 2 a round
+    # Prepare: 2 users, half of them (one) under DP-SGD; its own lr and 2 Poisson mini-batches of 2 a round
     data = make_face_folder(tmp_path / "faces", users=2, photos=6)
     cfg = load_config(None, [f"data.dataset=folder:{data}", "users=2", "rounds=2", "protocol=fedavg",
                              "local_batch_size=2", *TINY, "attack.enabled=false",
                              "defenses.dp_sgd.noise_multiplier=1.3", "defenses.dp_sgd.max_grad_norm=0.5",
+                             "defenses.dp_sgd.batch_size=2", "defenses.dp_sgd.epochs=1", "defenses.dp_sgd.lr=0.03",
                              "defenses.dp_sgd.users=half"])
     # Execute
     res = run_federation(cfg, tmp_path / "runs")
@@ -51,8 +53,10 @@ def test_dp_sgd_epsilon_in_the_store_equals_opacus_accountant_and_defenses_diffe
             acc.history = [(1.3, q, steps * up["round"])]
             assert up["metrics"]["dp-epsilon"] == pytest.approx(acc.get_epsilon(1e-5), rel=1e-9)
             assert up["metrics"]["dp-steps"] == steps * up["round"] and "dp_sgd" in up["defenses"]
+            assert up["metrics"]["lr"] == 0.03  # DP-SGD's own lr trained it (the attacks read this label)
         else:
             assert "dp-epsilon" not in up["metrics"] and up["defenses"] == {}
+            assert up["metrics"]["lr"] == cfg.lr
     eps = [u["metrics"]["dp-epsilon"] for u in doc["updates"] if u["user"] in dp_users]
     assert eps[1] > eps[0]  # cumulative across rounds, not restarted
     assert all(r["accuracy"] is not None for r in doc["rounds"])  # utility recorded beside the privacy cost
@@ -167,3 +171,40 @@ def test_inspect_says_which_defenses_hide_a_single_update() -> None:
     assert "only the round's aggregate" in hides_user(user_defenses(cfg, ["a", "b", "c", "d"])["a"])
     cfg = load_config(None, ["defenses.dp_sgd.noise_multiplier=0"])
     assert "no noise" in hides_user(user_defenses(cfg, ["a"])["a"])
+
+
+
+def test_dp_sgd_defaults_are_full_batch_steps_at_their_own_lr_and_fall_back_to_the_run() -> None:
+    # The measured defaults (docs/BENCHMARKS.md): C = 20, lr 0.015, 4 full-batch steps a round (q = 1)
+    cfg = load_config(None, ["defenses.dp_sgd.noise_multiplier=1"])
+    dp = cfg.defenses.dp_sgd
+    assert (dp.max_grad_norm, dp.lr, dp.batch_size, dp.epochs) == (20.0, 0.015, 0, 4)
+    assert dp_sgd_training(cfg) == (0.015, cfg.data.photos_per_user, 4) and dp_sgd_schedule(cfg) == (1.0, 4)
+    rec = user_defenses(cfg, ["a"])["a"]["dp_sgd"]
+    assert (rec["lr"], rec["batch_size"], rec["epochs"], rec["sample_rate"]) == (0.015, 32, 4, 1.0)
+    # 0 means the run's own setting; Poisson mini-batches bring subsampling back
+    cfg = load_config(None, ["lr=0.02", "local_epochs=2", "defenses.dp_sgd.lr=0", "defenses.dp_sgd.batch_size=8",
+                             "defenses.dp_sgd.epochs=0"])
+    assert dp_sgd_training(cfg) == (0.02, 8, 2) and dp_sgd_schedule(cfg) == (0.25, 8)
+    cfg = load_config(None, ["protocol=fedsgd", "defenses.dp_sgd.batch_size=8"])
+    assert dp_sgd_schedule(cfg) == (1.0, 1) and dp_sgd_training(cfg)[0] == 0.015
+
+
+def test_full_batch_dp_sgd_without_clipping_or_noise_is_plain_gradient_descent() -> None:
+    from clients.training import dp_local_train, local_train
+    from fl_sim.models import build_model, task_heads
+
+    # Prepare: one user's 6 photos; DP-SGD's default full batch, so Poisson sampling at q = 1 takes them all
+    heads = task_heads("attributes", ["a"])
+    images = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    labels = torch.tensor([[1, 0]]).expand(6, -1)
+    plain, dp = (build_model("convnet", heads, 16, 4, 0) for _ in range(2))
+    # Execute: 3 full-batch steps each, C out of reach and z = 0
+    local_train(plain, images, labels, heads, protocol="fedavg", lr=0.05, epochs=3, batch_size=6, seed=0)
+    r = dp_local_train(dp, images, labels, heads, protocol="fedavg", lr=0.05, epochs=3, batch_size=6, seed=0,
+                       noise_multiplier=0.0, max_grad_norm=1e9, delta=1e-5, accountant="rdp", accountant_state=None)
+    # Verify: the same steps as plain gradient descent, so the z = 0 point of a sweep differs from the
+    # baseline only by clipping and the DP lr
+    assert r.result.local_steps == 3
+    for (name, a), b in zip(plain.state_dict().items(), dp.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5), name
