@@ -18,7 +18,7 @@ def test_rows_carry_both_evaluators_intervals_and_null_controls(res: dict) -> No
     assert {(r["method"], r["evaluator"]) for r in rows} == {(m, e) for m in ("dlg", "ig") for e in ("sface", "dlib")}
     for r in rows:
         assert r["batch_size"] == 4 and r["seeds"] == [0, 1] and r["users"] == 3
-        for key in ("reid_top1", "identity_gain", "mean_rank", "null_reid_top1"):
+        for key in ("reid_top1", "identity_gain", "mean_rank", "null_reid_top1", "identity_gain_over_null"):
             lo, hi = r[f"{key}_ci"]
             assert lo - 1e-9 <= r[key] <= hi + 1e-9, key
         assert 0 <= r["null_reid_top1"] <= 1 and r["chance_reid_top1"] == pytest.approx(1 / 3)
