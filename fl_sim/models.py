@@ -36,6 +36,8 @@ def task_heads(task: str, user_ids: list[str]) -> list[Head]:
         return [Head("gender", GENDERS), Head("age_band", tuple(b[0] for b in AGE_BANDS))]
     if task == "identity":
         return [Head("identity", tuple(user_ids))]
+    if task == "auto":  # settled by fl_sim.federation.resolve_task once the data is known
+        raise ValueError("task 'auto' is not resolved yet: call fl_sim.federation.prepare_users(cfg) first")
     raise ValueError(f"unknown task {task!r}")
 
 

@@ -178,7 +178,7 @@ def test_attacks_cannot_reach_the_dataset(monkeypatch: pytest.MonkeyPatch, tmp_p
     from attacks.methods import AttackConfig, run_attack
     from server.observe import build_observation
 
-    cfg = load_config(None, ["users=1", *TINY])
+    cfg = load_config(None, ["users=1", "task=attributes", *TINY])
     heads = task_heads(cfg.task, ["u"])
     from fl_sim.models import build_model
 
