@@ -170,14 +170,15 @@ DEMO_OVERRIDES = ["attack.enabled=true", "attack.every=5"]
 @app.command()
 def demo(runs_dir: Path = RUNS_DIR) -> None:
     """Run the embedded default federation with the curious server on, and say where to look."""
-    from fl_sim.inspect_run import attack_table, context_lines, user_panel
+    from fl_sim.inspect_run import attack_summary, attack_table, context_lines, user_panel
     from fl_sim.store import RunStore
 
     run_dir = _run(None, DEMO_OVERRIDES, runs_dir, as_json=False)
     st = RunStore(run_dir / "store.sqlite", readonly=True)
-    rows = attack_table(st)
+    rows, summary = attack_table(st), attack_summary(st)
     st.close()
     _attack_rich_table(rows, f"attacks in {run_dir.name}")
+    _summary_lines(summary)
     ctx = context_lines(run_dir)
     panels = [user_panel(run_dir, u, context=ctx)[0] for u in sorted({r["user"] for r in rows if r["user"]})]
     out.print(_context_text(ctx))
@@ -228,7 +229,7 @@ def export(run: str, runs_dir: Path = RUNS_DIR, as_json: bool = typer.Option(Tru
 def inspect(run: str, user: Optional[str] = typer.Option(None, "--user"), rnd: Optional[int] = typer.Option(None, "--round"),
             runs_dir: Path = RUNS_DIR, as_json: bool = typer.Option(False, "--json")) -> None:
     """Attacked rounds per user: similarity, re-identification rank, inferred vs true attributes."""
-    from fl_sim.inspect_run import attack_table, context_lines, user_panel
+    from fl_sim.inspect_run import attack_summary, attack_table, context_lines, user_panel
     from fl_sim.store import RunStore
 
     run_dir = _run_dir(runs_dir, run)
@@ -243,15 +244,16 @@ def inspect(run: str, user: Optional[str] = typer.Option(None, "--user"), rnd: O
         out.print(f"panel: {path}")
         return
     st = RunStore(run_dir / "store.sqlite", readonly=True)
-    rows = attack_table(st)
+    rows, summary = attack_table(st), attack_summary(st)
     st.close()
     if as_json:
-        _json({"attacks": rows})
+        _json({"attacks": rows, "summary": summary})
         return
     if not rows:
         out.print(f"run {run_dir.name} has no attacks (set attack.enabled=true)")
         return
     _attack_rich_table(rows, f"attacks in {run_dir.name}")
+    _summary_lines(summary)
 
 
 def _attack_rich_table(rows: list[dict[str, Any]], title: str) -> None:
@@ -279,6 +281,22 @@ def _attack_rich_table(rows: list[dict[str, Any]], title: str) -> None:
     # Which defenses hide a single user's update from this server, and which only look like they do.
     for d, sees in sorted({(r["defenses"], r["server_sees"]) for r in rows}):
         out.print(f"defenses {d}: {sees}")
+
+
+def _summary_lines(summary: list[dict[str, Any]]) -> None:
+    """Per round and method, both evaluators with 95 % intervals over users; a disagreement is flagged."""
+    from fl_sim.scoring import EVALUATORS
+
+    ci = lambda v, c, nd=2: "-" if v is None else f"{v:.{nd}f} [{c[0]:.{nd}f}, {c[1]:.{nd}f}]"  # noqa: E731
+    for e in summary:
+        if not e["finished"]:
+            out.print(f"round {e['round']} {e['method']}: nothing scored ({e['no_signal']} no-signal of {e['attacks']})")
+            continue
+        evs = "; ".join(f"{ev} re-id {ci(e[f'{ev}_reid_top1'], e[f'{ev}_reid_top1_ci'])}" for ev in EVALUATORS
+                        if e.get(f"{ev}_reid_top1") is not None)
+        flag = "  ⚠ the evaluators disagree beyond their intervals (headline: the lower)" if e["evaluators_disagree"] else ""
+        out.print(f"round {e['round']} {e['method']}: {evs or 'aggregate'}; identity gain "
+                  f"{ci(e['identity_gain'], e['identity_gain_ci'], 3)}{flag}")
 
 
 # -- config ------------------------------------------------------------------------------

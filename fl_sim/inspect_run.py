@@ -36,6 +36,32 @@ def attack_table(store: RunStore) -> list[dict[str, Any]]:
     return rows
 
 
+def attack_summary(store: RunStore) -> list[dict[str, Any]]:
+    """Per attacked round and method: re-id and identity gain under each evaluator with 95 %
+    intervals over users, the lower headline, and whether the evaluators disagree beyond them."""
+    from fl_sim.leakage import summarize
+
+    attacks = store.attacks()
+    out = []
+    for rnd, method in sorted({(a["round"], a["method"]) for a in attacks}):
+        rows = [a for a in attacks if a["round"] == rnd and a["method"] == method]
+        done = [a for a in rows if a["status"] == "finished"]
+        entry: dict[str, Any] = {"round": rnd, "method": method, "attacks": len(rows), "finished": len(done),
+                                 "no_signal": sum(a["status"] == "no-signal" for a in rows)}
+        if done:
+            summ = summarize([a["metrics"] for a in done],
+                             [a["user"] if a["user"] is not None else "aggregate" for a in done])
+            entry.update({k: summ.get(k) for k in ("reid_top1", "reid_top1_ci", "reid_top1_evaluator",
+                                                   "identity_gain", "identity_gain_ci")})
+            entry["evaluators_disagree"] = bool(summ.get("reid_top1_disagree") or summ.get("identity_gain_disagree"))
+            for ev in EVALUATORS:
+                e = summ["evaluators"][ev]
+                entry.update({f"{ev}_reid_top1": e["reid_top1"], f"{ev}_reid_top1_ci": e["reid_top1_ci"],
+                              f"{ev}_identity_gain": e["identity_gain"], f"{ev}_identity_gain_ci": e["identity_gain_ci"]})
+        out.append(entry)
+    return out
+
+
 def user_panel(run_dir: Path, user: str, rnd: int | None = None, out: Path | None = None,
                context: dict[str, float] | None = None) -> tuple[Path, list[dict[str, Any]]]:
     """PNG: the user's photos, then each method's reconstruction per attacked round, labelled,

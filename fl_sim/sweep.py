@@ -218,8 +218,8 @@ def plot_sweep(doc: dict[str, Any], path: Path) -> None:
         ys = np.array([r.get(key) if r.get(key) is not None else np.nan for r in rows], dtype=float)
         lo = np.array([ys[i] - r[f"{key}_ci"][0] if r.get(f"{key}_ci") else 0 for i, r in enumerate(rows)])
         hi = np.array([r[f"{key}_ci"][1] - ys[i] if r.get(f"{key}_ci") else 0 for i, r in enumerate(rows)])
-        ax.errorbar(xs * (1 + shift) if numeric else xs + shift, ys, yerr=[lo, hi], fmt=style, color=color,
-                    capsize=3, label=label)
+        span = (xs.max() - xs.min()) if numeric and len(xs) > 1 and xs.max() > xs.min() else 1.0
+        ax.errorbar(xs + shift * span, ys, yerr=[lo, hi], fmt=style, color=color, capsize=3, label=label)
 
     for i, ev in enumerate(EVALUATORS):
         errbar(ax1, f"{ev}_reid_top1", f"re-id top-1 ({ev})", "s-", f"C{i}", shift=0.03 * i)
