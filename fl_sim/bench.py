@@ -284,7 +284,7 @@ def _bench_rows(records: dict[tuple[int, int, str, str], list[tuple[str, dict[st
                             for kind in NULLS if (rnd, bs, method, kind) in records}
                 common = {"method": method, "round": rnd, "protocol": protocol, "batch_size": bs, "users": n_users,
                           "seeds": list(seeds), "chance_reid_top1": 1.0 / n_users}
-                gender = mean_ci([s.get("gender_correct") for s in scores], units)
+                gender = mean_ci([s.get("gender_correct") for s in scores], units, proportion=True)
                 psnr_, ssim_ = mean_ci([s["psnr_mean_photo"] for s in scores], units), \
                     mean_ci([s["ssim_mean_photo"] for s in scores], units)
                 hits = label_hits.get((rnd, bs, method))

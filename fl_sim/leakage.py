@@ -10,6 +10,7 @@ from fl_sim.stats import intervals_overlap, mean_ci, per_unit_means
 
 # Per-attack metrics summarised under each evaluator (keys ``{evaluator}_{metric}`` in a score row).
 METRICS = ("reid_top1", "reid_top5", "reid_rank", "identity_gain", "face_similarity")
+PROPORTIONS = ("reid_top1", "reid_top5")  # success rates: exact intervals where all units hit (or miss)
 
 
 def per_user(rows: Sequence[dict[str, Any]], units: Sequence[str], key: str) -> dict[str, float]:
@@ -35,7 +36,7 @@ def summarize(rows: Sequence[dict[str, Any]], units: Sequence[str],
             if all(v is None for v in vals):
                 d[key], d[f"{key}_ci"] = None, None
                 continue
-            mean, ci = mean_ci(vals, units)
+            mean, ci = mean_ci(vals, units, proportion=key in PROPORTIONS)
             d[key], d[f"{key}_ci"] = mean, [ci[0], ci[1]]
         out["evaluators"][ev] = d
     for key in ("reid_top1", "identity_gain"):

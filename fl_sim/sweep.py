@@ -84,7 +84,8 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
     best = max(scored, key=lambda m: per_method[m]["identity_gain"]) if scored else None
     head = per_method.get(best, {}) if best else {}
     acc_users = list((rounds[-1]["metrics"].get("per_user_accuracy") or {}).values()) if rounds else []
-    acc_ci = bootstrap_ci([a for a in acc_users if a is not None and math.isfinite(a)]) if acc_users else None
+    acc_ci = bootstrap_ci([a for a in acc_users if a is not None and math.isfinite(a)],
+                          proportion=True) if acc_users else None
     return {
         "epsilon": max(eps) if eps else None,
         "dp_sgd_users": len(dp_users - {None}),

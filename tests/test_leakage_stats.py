@@ -25,6 +25,16 @@ def test_bootstrap_interval_known_answers() -> None:
     assert (hi2 - lo2) == pytest.approx(2 * 1.96 * se, rel=0.1)
 
 
+def test_a_proportion_at_its_ceiling_or_floor_gets_the_exact_binomial_interval() -> None:
+    # 20 of 20: the bootstrap has nothing to resample; Clopper-Pearson's lower bound is 0.025^(1/20).
+    assert bootstrap_ci([1.0] * 20, proportion=True) == pytest.approx((0.025 ** (1 / 20), 1.0))
+    assert bootstrap_ci([1.0] * 20, proportion=True)[0] == pytest.approx(0.8316, abs=1e-4)
+    assert bootstrap_ci([0.0] * 20, proportion=True) == pytest.approx((0.0, 1 - 0.025 ** (1 / 20)))
+    assert bootstrap_ci([1.0] * 20) == (1.0, 1.0)  # not a proportion (e.g. a mean rank of 1): unchanged
+    lo, hi = bootstrap_ci([1.0] * 19 + [0.0], proportion=True)  # not all equal: the bootstrap as usual
+    assert lo < 0.95 <= hi == 1.0
+
+
 def test_seeds_are_pooled_per_user_not_counted_as_users() -> None:
     # 3 users x 2 seeds: three units, each the mean of its two seeds.
     per = per_unit_means([1, 0, 1, 1, 0, 0], ["a", "a", "b", "b", "c", "c"])
