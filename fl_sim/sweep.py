@@ -73,6 +73,8 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
             "attacks": len(done), "no_signal": sum(a["status"] == "no-signal" for a in attacks if a["method"] == method),
             "reid_top1": summ["reid_top1"], "reid_top1_ci": summ["reid_top1_ci"],
             "identity_gain": summ["identity_gain"], "identity_gain_ci": summ["identity_gain_ci"],
+            # Mean similarity to the target (an aggregate: to its best match), the lower evaluator's.
+            "face_similarity": _mean([_lower_similarity(a["metrics"]) for a in done]),
             # Re-identification is on one scale under every evaluator; their similarities are not.
             "evaluators_disagree": bool(summ.get("reid_top1_disagree")),
             **{f"{ev}_{k}": summ["evaluators"][ev][k] for ev in EVALUATORS
@@ -91,12 +93,21 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         "epsilon": max(eps) if eps else None,
         "dp_sgd_users": len(dp_users - {None}),
         "accuracy": rounds[-1]["accuracy"] if rounds else None, "accuracy_ci": list(acc_ci) if acc_ci else None,
-        **{k: head.get(k) for k in ("reid_top1", "reid_top1_ci", "identity_gain", "identity_gain_ci",
+        **{k: head.get(k) for k in ("reid_top1", "reid_top1_ci", "identity_gain", "identity_gain_ci", "face_similarity",
                                     "evaluators_disagree", "gender_accuracy", "age_band_accuracy",
                                     *(f"{ev}_{k}" for ev in EVALUATORS
                                       for k in ("reid_top1", "reid_top1_ci", "identity_gain", "identity_gain_ci")))},
         "strongest_method": best, "methods": per_method,
     }
+
+
+def _lower_similarity(metrics: dict[str, Any]) -> float | None:
+    """The lower evaluator's similarity of a reconstruction to its user (an aggregate's: to its best match)."""
+    from fl_sim.scoring import EVALUATORS
+
+    vals = [metrics.get(f"{ev}_face_similarity", metrics.get(f"{ev}_best_match_similarity")) for ev in EVALUATORS]
+    vals = [float(v) for v in vals if v is not None]
+    return min(vals) if vals else None
 
 
 def _mean(xs: list[Any]) -> float | None:

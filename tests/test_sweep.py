@@ -29,7 +29,7 @@ def test_sweep_runs_each_value_and_writes_rows_table_and_plot(tmp_path: Path) ->
     assert rows[0]["epsilon"] is None and rows[4]["epsilon"] > 0  # z = 0: clipping only, no guarantee
     for r in rows.values():
         assert r["status"] == "finished" and 0 <= r["accuracy"] <= 1
-        assert r["identity_gain"] is not None and r["reid_top1"] in (0.0, 0.5, 1.0)
+        assert r["identity_gain"] is not None and r["face_similarity"] is not None and r["reid_top1"] in (0.0, 0.5, 1.0)
         assert all(r[f"{ev}_reid_top1_ci"] is not None for ev in ("sface", "dlib"))
         assert r["accuracy_ci"][0] <= r["accuracy"] <= r["accuracy_ci"][1]
     assert Path(doc["plot"]).stat().st_size > 10_000 and "| 4 |" in Path(doc["table"]).read_text()
