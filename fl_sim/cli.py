@@ -93,7 +93,8 @@ def sweep(config: Optional[Path] = CONFIG, set_: Optional[list[str]] = typer.Opt
                   _ci(r.get("accuracy"), r.get("accuracy_ci")),
                   _ci(r.get("identity_gain"), r.get("identity_gain_ci")) + (" ⚠" if r.get("evaluators_disagree") else ""),
                   *(_ci(r.get(f"{ev}_reid_top1"), r.get(f"{ev}_reid_top1_ci"), 2) for ev in EVALUATORS),
-                  _fmt(r.get("gender_accuracy"), 2), str(r.get("strongest_method") or "-"), r["run_id"])
+                  _ci(r.get("gender_accuracy"), r.get("gender_accuracy_ci"), 2), str(r.get("strongest_method") or "-"),
+                  r["run_id"])
     out.print(t)
     out.print(f"table {doc['table']}\nplot  {doc['plot']}")
     if any(r["status"] != "finished" for r in doc["rows"]):

@@ -79,8 +79,8 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
             "evaluators_disagree": bool(summ.get("reid_top1_disagree")),
             **{f"{ev}_{k}": summ["evaluators"][ev][k] for ev in EVALUATORS
                for k in ("reid_top1", "reid_top1_ci", "identity_gain", "identity_gain_ci")},
-            "gender_accuracy": _mean([a["metrics"].get("gender_correct") for a in done]),
-            "age_band_accuracy": _mean([a["metrics"].get("age_band_correct") for a in done]),
+            **_rate("gender_accuracy", [a["metrics"].get("gender_correct") for a in done], units),
+            **_rate("age_band_accuracy", [a["metrics"].get("age_band_correct") for a in done], units),
             "aggregate": all(a["user"] is None for a in done),
         }
     scored = [m for m in per_method if per_method[m]["identity_gain"] is not None]
@@ -94,7 +94,8 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         "dp_sgd_users": len(dp_users - {None}),
         "accuracy": rounds[-1]["accuracy"] if rounds else None, "accuracy_ci": list(acc_ci) if acc_ci else None,
         **{k: head.get(k) for k in ("reid_top1", "reid_top1_ci", "identity_gain", "identity_gain_ci", "face_similarity",
-                                    "evaluators_disagree", "gender_accuracy", "age_band_accuracy",
+                                    "evaluators_disagree", "gender_accuracy", "gender_accuracy_ci",
+                                    "age_band_accuracy", "age_band_accuracy_ci",
                                     *(f"{ev}_{k}" for ev in EVALUATORS
                                       for k in ("reid_top1", "reid_top1_ci", "identity_gain", "identity_gain_ci")))},
         "strongest_method": best, "methods": per_method,
@@ -108,6 +109,16 @@ def _lower_similarity(metrics: dict[str, Any]) -> float | None:
     vals = [metrics.get(f"{ev}_face_similarity", metrics.get(f"{ev}_best_match_similarity")) for ev in EVALUATORS]
     vals = [float(v) for v in vals if v is not None]
     return min(vals) if vals else None
+
+
+def _rate(key: str, hits: list[Any], units: list[str]) -> dict[str, Any]:
+    """A success rate over users with its 95 % interval (None where no truth was known)."""
+    from fl_sim.stats import mean_ci
+
+    if all(h is None for h in hits):
+        return {key: None, f"{key}_ci": None}
+    mean, ci = mean_ci(hits, units, proportion=True)
+    return {key: mean, f"{key}_ci": list(ci)}
 
 
 def _mean(xs: list[Any]) -> float | None:
@@ -198,7 +209,8 @@ def markdown_table(doc: dict[str, Any]) -> str:
         reids = " | ".join(_ci(r.get(f"{ev}_reid_top1"), r.get(f"{ev}_reid_top1_ci"), 2) for ev in EVALUATORS)
         return (f"| {label} | {eps} | {_ci(r.get('accuracy'), r.get('accuracy_ci'))} | "
                 f"{_ci(r.get('identity_gain'), r.get('identity_gain_ci'))}{flag} | {reids} | "
-                f"{_fmt(r.get('gender_accuracy'), 2)} | {r.get('strongest_method') or '-'} | {r['run_id']} |")
+                f"{_ci(r.get('gender_accuracy'), r.get('gender_accuracy_ci'), 2)} | {r.get('strongest_method') or '-'} | "
+                f"{r['run_id']} |")
 
     for r in doc["rows"]:
         eps = _fmt(r.get("epsilon"), 2) if r.get("epsilon") is not None else (
