@@ -83,17 +83,17 @@ def sweep(config: Optional[Path] = CONFIG, set_: Optional[list[str]] = typer.Opt
         return
     t = Table(title=f"sweep over {doc['param']} ({doc['sweep_id']})")
     from fl_sim.scoring import EVALUATORS
-    from fl_sim.sweep import _ci
+    from fl_sim.stats import format_ci
 
     for c in (doc["param"], "epsilon", "accuracy", "identity gain", *(f"re-id ({ev})" for ev in EVALUATORS), "gender",
               "strongest", "run"):
         t.add_column(c)
     for r in [*doc["rows"], *([doc["baseline"]] if doc.get("baseline") else [])]:
         t.add_row(str(r["value"] if r["value"] is not None else "baseline"), _fmt(r.get("epsilon"), 2),
-                  _ci(r.get("accuracy"), r.get("accuracy_ci")),
-                  _ci(r.get("identity_gain"), r.get("identity_gain_ci")) + (" ⚠" if r.get("evaluators_disagree") else ""),
-                  *(_ci(r.get(f"{ev}_reid_top1"), r.get(f"{ev}_reid_top1_ci"), 2) for ev in EVALUATORS),
-                  _ci(r.get("gender_accuracy"), r.get("gender_accuracy_ci"), 2), str(r.get("strongest_method") or "-"),
+                  format_ci(r.get("accuracy"), r.get("accuracy_ci"), 3),
+                  format_ci(r.get("identity_gain"), r.get("identity_gain_ci"), 3) + (" ⚠" if r.get("evaluators_disagree") else ""),
+                  *(format_ci(r.get(f"{ev}_reid_top1"), r.get(f"{ev}_reid_top1_ci"), 2) for ev in EVALUATORS),
+                  format_ci(r.get("gender_accuracy"), r.get("gender_accuracy_ci"), 2), str(r.get("strongest_method") or "-"),
                   r["run_id"])
     out.print(t)
     out.print(f"table {doc['table']}\nplot  {doc['plot']}")
@@ -287,8 +287,8 @@ def _attack_rich_table(rows: list[dict[str, Any]], title: str) -> None:
 def _summary_lines(summary: list[dict[str, Any]]) -> None:
     """Per round and method, both evaluators with 95 % intervals over users; a disagreement is flagged."""
     from fl_sim.scoring import EVALUATORS
+    from fl_sim.stats import format_ci as ci
 
-    ci = lambda v, c, nd=2: "-" if v is None else f"{v:.{nd}f} [{c[0]:.{nd}f}, {c[1]:.{nd}f}]"  # noqa: E731
     for e in summary:
         if not e["finished"]:
             out.print(f"round {e['round']} {e['method']}: nothing scored ({e['no_signal']} no-signal of {e['attacks']})")
@@ -498,7 +498,8 @@ def bench_attack_cmd(users: int = typer.Option(20, "--users"), batch_sizes: str 
                      as_json: bool = typer.Option(False, "--json")) -> None:
     """Attack every user's update with each method, same model and seeds; score with the face evaluators."""
     from attacks.methods import ATTACKS
-    from fl_sim.bench import attack_figure, attack_markdown, bench_attack, write_doc_section
+    from fl_sim.attack_bench import attack_figure, attack_markdown, bench_attack
+    from fl_sim.bench import write_doc_section
 
     wanted = [m.strip() for m in methods.split(",") if m.strip()]
     unknown = [m for m in wanted if m not in ATTACKS]
@@ -533,7 +534,8 @@ def bench_attack_cmd(users: int = typer.Option(20, "--users"), batch_sizes: str 
     for c in ("round", "method", "evaluator", "batch", "re-id top-1", "mean rank", "identity gain", "null re-id",
               "gender acc", "s/user"):
         t.add_column(c)
-    ci = lambda v, c, nd=2: "-" if v is None else f"{v:.{nd}f} [{c[0]:.{nd}f},{c[1]:.{nd}f}]"  # noqa: E731
+    from fl_sim.stats import format_ci as ci
+
     for r in res["rows"]:
         t.add_row(str(r["round"]), r["method"], r["evaluator"], str(r["batch_size"]), ci(r["reid_top1"], r["reid_top1_ci"]),
                   ci(r["mean_rank"], r["mean_rank_ci"], 1), ci(r["identity_gain"], r["identity_gain_ci"], 3),

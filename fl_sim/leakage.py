@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fl_sim.scoring import EVALUATORS
-from fl_sim.stats import intervals_overlap, mean_ci, per_unit_means
+from fl_sim.stats import intervals_overlap, mean_ci
 
 # Per-attack metrics summarised under each evaluator (keys ``{evaluator}_{metric}`` in a score row).
 METRICS = ("reid_top1", "reid_top5", "reid_rank", "identity_gain", "face_similarity")
@@ -48,9 +48,6 @@ def summarize(rows: Sequence[dict[str, Any]], units: Sequence[str],
         out[key], out[f"{key}_ci"], out[f"{key}_evaluator"] = figs[low][key], figs[low][f"{key}_ci"], low
         cis = [f[f"{key}_ci"] for f in figs.values()]
         out[f"{key}_disagree"] = any(not intervals_overlap(a, b) for i, a in enumerate(cis) for b in cis[i + 1:])
+    # Judged on re-identification: it is on one scale under every evaluator; their similarities are not.
+    out["evaluators_disagree"] = bool(out.get("reid_top1_disagree"))
     return out
-
-
-def unit_values(rows: Sequence[dict[str, Any]], units: Sequence[str], key: str) -> list[float]:
-    """Per-user means of ``key`` (for a plot or a further interval)."""
-    return list(per_unit_means([r.get(key) for r in rows], units))

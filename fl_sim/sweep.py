@@ -15,6 +15,7 @@ import numpy as np
 
 from fl_sim.config import RunConfig, load_config
 from fl_sim.errors import ConfigError
+from fl_sim.stats import format_ci
 from fl_sim.store import RunStore
 
 
@@ -75,8 +76,7 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
             "identity_gain": summ["identity_gain"], "identity_gain_ci": summ["identity_gain_ci"],
             # Mean similarity to the target (an aggregate: to its best match), the lower evaluator's.
             "face_similarity": _mean([_lower_similarity(a["metrics"]) for a in done]),
-            # Re-identification is on one scale under every evaluator; their similarities are not.
-            "evaluators_disagree": bool(summ.get("reid_top1_disagree")),
+            "evaluators_disagree": summ["evaluators_disagree"],
             **{f"{ev}_{k}": summ["evaluators"][ev][k] for ev in EVALUATORS
                for k in ("reid_top1", "reid_top1_ci", "identity_gain", "identity_gain_ci")},
             **_rate("gender_accuracy", [a["metrics"].get("gender_correct") for a in done], units),
@@ -158,9 +158,9 @@ def run_sweep(config: Path | None, overrides: list[str], grid: list[tuple[str, l
             row["error"] = res.error
         rows.append(row)
         if progress:
-            progress(f"    eps {_fmt(row.get('epsilon'))}  accuracy {_ci(row.get('accuracy'), row.get('accuracy_ci'))}  "
-                     f"identity gain {_ci(row.get('identity_gain'), row.get('identity_gain_ci'))}  re-id "
-                     f"{_ci(row.get('reid_top1'), row.get('reid_top1_ci'), 2)}  ({res.run_id})")
+            progress(f"    eps {_fmt(row.get('epsilon'))}  accuracy {format_ci(row.get('accuracy'), row.get('accuracy_ci'), 3)}  "
+                     f"identity gain {format_ci(row.get('identity_gain'), row.get('identity_gain_ci'), 3)}  re-id "
+                     f"{format_ci(row.get('reid_top1'), row.get('reid_top1_ci'), 2)}  ({res.run_id})")
     n_users = points[0][1].users
     doc = {"sweep_id": sweep_id, "sweep_dir": str(sweep_dir), "param": param, "base_overrides": overrides,
            "chance_reid_top1": 1.0 / n_users, "rows": rows, "baseline": base_row}
@@ -188,13 +188,6 @@ def _fmt(x: Any, nd: int = 3) -> str:
     return str(x)
 
 
-def _ci(v: Any, ci: Any, nd: int = 3) -> str:
-    """A figure with its interval, e.g. 0.781 [0.70, 0.85]."""
-    if v is None:
-        return "-"
-    return f"{_fmt(v, nd)} [{_fmt(ci[0], nd)}, {_fmt(ci[1], nd)}]" if ci else _fmt(v, nd)
-
-
 def markdown_table(doc: dict[str, Any]) -> str:
     """The sweep as a markdown table (what docs/BENCHMARKS.md quotes): every figure with its interval."""
     from fl_sim.scoring import EVALUATORS
@@ -206,10 +199,10 @@ def markdown_table(doc: dict[str, Any]) -> str:
 
     def line(label: str, eps: str, r: dict[str, Any]) -> str:
         flag = " ⚠ evaluators disagree" if r.get("evaluators_disagree") else ""
-        reids = " | ".join(_ci(r.get(f"{ev}_reid_top1"), r.get(f"{ev}_reid_top1_ci"), 2) for ev in EVALUATORS)
-        return (f"| {label} | {eps} | {_ci(r.get('accuracy'), r.get('accuracy_ci'))} | "
-                f"{_ci(r.get('identity_gain'), r.get('identity_gain_ci'))}{flag} | {reids} | "
-                f"{_ci(r.get('gender_accuracy'), r.get('gender_accuracy_ci'), 2)} | {r.get('strongest_method') or '-'} | "
+        reids = " | ".join(format_ci(r.get(f"{ev}_reid_top1"), r.get(f"{ev}_reid_top1_ci"), 2) for ev in EVALUATORS)
+        return (f"| {label} | {eps} | {format_ci(r.get('accuracy'), r.get('accuracy_ci'), 3)} | "
+                f"{format_ci(r.get('identity_gain'), r.get('identity_gain_ci'), 3)}{flag} | {reids} | "
+                f"{format_ci(r.get('gender_accuracy'), r.get('gender_accuracy_ci'), 2)} | {r.get('strongest_method') or '-'} | "
                 f"{r['run_id']} |")
 
     for r in doc["rows"]:

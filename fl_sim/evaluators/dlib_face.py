@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from fl_sim.errors import FlSimError
-from fl_sim.evaluators.face import _package_dir, _resize_uint8, to_uint8_hwc
+from fl_sim.evaluators.images import _package_dir, _resize_uint8, to_uint8_hwc
 
 
 class DlibEmbedder:
