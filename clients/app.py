@@ -4,44 +4,19 @@ from __future__ import annotations
 
 import json
 import math
-import zlib
-from functools import lru_cache
 from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.training import LocalTrainResult, dp_local_train, evaluate, local_train
-from fl_sim.config import RunConfig
-from fl_sim.data import UserData, open_dataset
-from fl_sim.defenses import compress_update, user_defenses
-from fl_sim.models import Head, build_model, task_heads, user_labels
+from clients.training import LocalTrainResult, dp_local_train, local_train
+from fl_sim.core.config import RunConfig
+from fl_sim.core.defenses import compress_update, user_defenses
+from fl_sim.core.models import build_model, evaluate, task_heads
+from fl_sim.core.userbatch import local_seed, user_batch
 
 ACCOUNTANT_KEY = "dp-sgd-accountant"  # this node's Opacus accountant, kept in Flower's per-node state
-
-
-@lru_cache(maxsize=256)
-def load_user(dataset: str, user: str, size: int, n_train: int, n_holdout: int) -> UserData:
-    """One user's photos, split into the local batch and held-out photos (cached per process)."""
-    ds = open_dataset(dataset)
-    rec = next(r for r in ds.users() if r.user == user)
-    imgs = ds.photos(user, size)
-    return UserData(user=user, train=imgs[:n_train], holdout=imgs[n_train:n_train + n_holdout],
-                    attributes=dict(rec.attributes))
-
-
-def user_batch(cfg: RunConfig, user: str, heads: list[Head]) -> tuple[UserData, torch.Tensor, torch.Tensor]:
-    """(user data, train labels, holdout labels) for ``user`` under ``cfg``."""
-    d = cfg.data
-    data = load_user(d.dataset, user, d.image_size, d.photos_per_user, d.holdout_per_user)
-    lab = torch.tensor(user_labels(heads, user, data.attributes), dtype=torch.long)
-    return data, lab.expand(len(data.train), -1), lab.expand(len(data.holdout), -1)
-
-
-def local_seed(seed: int, rnd: int, user: str) -> int:
-    """Per-user, per-round shuffling seed: stable across processes (no Python hash salt)."""
-    return zlib.crc32(f"{seed}:{rnd}:{user}".encode())
 
 
 def _load_accountant(context: Context) -> dict[str, Any] | None:
@@ -107,7 +82,7 @@ def make_client_app(cfg: RunConfig, users: list[str]) -> ClientApp:
         extra: dict[str, Any] = {}
         if "dp_sgd" in d:
             p = d["dp_sgd"]
-            # DP-SGD's own lr / batch / epochs (fl_sim.defenses.dp_sgd_training), not the run's
+            # DP-SGD's own lr / batch / epochs (fl_sim.core.defenses.dp_sgd_training), not the run's
             r = dp_local_train(model, data.train, y, heads, protocol=cfg.protocol, lr=p["lr"], epochs=p["epochs"],
                                batch_size=p["batch_size"], seed=seed, noise_multiplier=p["noise_multiplier"],
                                max_grad_norm=p["max_grad_norm"], delta=p["delta"], accountant=p["accountant"],

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fl_sim.models import Head, head_accuracy, task_loss
+from fl_sim.core.models import Head, task_loss
 
 
 @dataclass(frozen=True)
@@ -47,21 +47,6 @@ def local_train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, he
             steps += 1
             total += float(loss.detach())
     return LocalTrainResult(loss=total / max(steps, 1), local_steps=steps, num_examples=n)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, heads: list[Head]) -> dict[str, float]:
-    """Loss and per-head accuracy on held-out photos."""
-    model.eval()
-    logits = model(images)
-    out: dict[str, float] = {"loss": float(task_loss(logits, labels, heads))}
-    correct = counted = 0
-    for name, (c, k) in head_accuracy(logits, labels, heads).items():
-        out[f"acc_{name}"] = c / k if k else float("nan")
-        correct += c
-        counted += k
-    out["accuracy"] = correct / counted if counted else float("nan")
-    return out
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
-from fl_sim.config import RunConfig
-from fl_sim.defenses import user_defenses
-from fl_sim.models import build_model, task_heads
-from fl_sim.store import RunStore
-from fl_sim.utility import HoldoutEvaluator
+from fl_sim.core.config import RunConfig
+from fl_sim.core.defenses import user_defenses
+from fl_sim.core.models import build_model, task_heads
+from fl_sim.core.store import RunStore
+from fl_sim.core.utility import HoldoutEvaluator
 from server.curious import AttackDispatcher, CuriousStrategy
 from server.strategy import RecordingStrategy, SeededFedAvg, update_norms
 from server.worker import make_remote_worker

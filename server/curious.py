@@ -16,9 +16,9 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
 
 from attacks.methods import method_config
-from fl_sim.config import RunConfig
-from fl_sim.models import Head
-from fl_sim.store import RunStore
+from fl_sim.core.config import RunConfig
+from fl_sim.core.models import Head
+from fl_sim.core.store import RunStore
 from server.observe import RoundReplies
 from server.strategy import RecordingStrategy
 from server.worker import AttackJob, AttackOutcome

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from attacks.observation import Observation
-from fl_sim.config import RunConfig
-from fl_sim.models import Head, build_model, task_loss
+from fl_sim.core.config import RunConfig
+from fl_sim.core.models import Head, build_model, task_loss
 
 
 def _t(v: Any) -> torch.Tensor:

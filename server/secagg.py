@@ -13,7 +13,7 @@ from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.common import FitIns, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.strategy import FedAvg as LegacyFedAvg
 
-from fl_sim.config import RunConfig
+from fl_sim.core.config import RunConfig
 
 
 class AggregateOnlyFedAvg(LegacyFedAvg):

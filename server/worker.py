@@ -64,8 +64,8 @@ class AttackWorker:
     def warm_up(self, prior: str | None) -> int:
         """Load what every job needs (the prior, the face evaluators) before the federation starts,
         so that cost lands in start-up, not in the first attacked rounds."""
-        from fl_sim.evaluators.face import age_gender, identity_embedder
-        from fl_sim.scoring import EVALUATORS
+        from fl_sim.core.evaluators.face import age_gender, identity_embedder
+        from fl_sim.core.scoring import EVALUATORS
 
         torch.set_num_threads(1)
         self._lower_priority()
@@ -130,9 +130,9 @@ class AttackWorker:
         """The only place ground truth is touched: loaded here, after the attacks returned."""
         from PIL import Image
 
-        from fl_sim.data import open_dataset
-        from fl_sim.evaluators.face import to_uint8_hwc
-        from fl_sim.scoring import UserTruth, score
+        from fl_sim.core.data import open_dataset
+        from fl_sim.core.evaluators.face import to_uint8_hwc
+        from fl_sim.core.scoring import UserTruth, score
 
         key = (job.dataset, job.image_size, job.photos_per_user, tuple(job.run_users))
         if key not in self._truth:

@@ -12,7 +12,7 @@ from attacks.labels import infer_labels
 from attacks.matching import candidate_gradients, cosine_distance, l2_distance
 from attacks.methods import AttackConfig, run_attack, sliding_window
 from attacks.observation import Observation
-from fl_sim.models import build_model, task_heads, task_loss
+from fl_sim.core.models import build_model, task_heads, task_loss
 
 
 def _observe(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, heads: list, lr: float = 0.1) -> Observation:

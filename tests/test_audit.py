@@ -10,10 +10,10 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from attacks.priors import DiffusionPrior
-from fl_sim.audit import (WienerFilter, baseline_kappa, clip_and_noise, diffusion_reconstruct, eps_for_mu,
+from fl_sim.experiments.audit import (WienerFilter, baseline_kappa, clip_and_noise, diffusion_reconstruct, eps_for_mu,
                           equal_error_threshold, estimate_noise_std, extract_first_layer, gdp_delta, noise_std,
                           observe, rero_bound, t_for_std)
-from fl_sim.errors import FlSimError
+from fl_sim.core.errors import FlSimError
 
 ROOT = Path(__file__).resolve().parents[1]
 FACES32_SCHEDULER = ROOT / "fl_sim" / "assets" / "prior-faces32" / "scheduler"
@@ -33,7 +33,7 @@ def run_cli(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, *arg
     """fl-sim's own entry point in-process (main(): FlSimError -> one line, exit 2), `audit` registered if
     cli.py does not register it yet. Returns (exit code, stdout, stderr)."""
     import fl_sim.cli as cli
-    from fl_sim.audit_cli import register
+    from fl_sim.cli.audit import register
 
     if not any(getattr(c, "name", None) == "audit" for c in cli.app.registered_commands):
         register(cli.app)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fl_sim.attack_bench import attack_markdown, bench_attack
+from fl_sim.experiments.attack_bench import attack_markdown, bench_attack
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ import tomllib
 
 import pytest
 
-from fl_sim.config import RunConfig, from_dict, load_config, to_dict, to_toml
-from fl_sim.errors import ConfigError
+from fl_sim.core.config import RunConfig, from_dict, load_config, to_dict, to_toml
+from fl_sim.core.errors import ConfigError
 
 
 def test_defaults_load():

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fl_sim.config import load_config
+from fl_sim.core.config import load_config
 from fl_sim.federation import init_run, run_federation
-from fl_sim.models import task_heads
-from fl_sim.store import RunStore
+from fl_sim.core.models import task_heads
+from fl_sim.core.store import RunStore
 from tests.conftest import REPO, make_face_folder
 
 TINY = ["data.image_size=16", "data.photos_per_user=4", "data.holdout_per_user=2", "model.width=4"]
@@ -99,7 +99,7 @@ def dispatcher(tmp_path: Path):  # noqa: ANN201 - yields (dispatcher, store, obs
     try:
         store = RunStore(run_dir / "store.sqlite")
         heads = task_heads(cfg.task, users)
-        from fl_sim.models import build_model
+        from fl_sim.core.models import build_model
 
         model = build_model(cfg.model.name, heads, 16, 4, 0)
         state = {k: v.numpy() for k, v in model.state_dict().items()}
@@ -174,13 +174,13 @@ def test_attacks_cannot_reach_the_dataset(monkeypatch: pytest.MonkeyPatch, tmp_p
         mods += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         assert not [m for m in mods if m.split(".")[0] in ("fl_sim", "server", "clients")], path
     # ...and at run time an attack succeeds while every dataset loader is poisoned.
-    import fl_sim.data as data_mod
+    import fl_sim.core.data as data_mod
     from attacks.methods import AttackConfig, run_attack
     from server.observe import build_observation
 
     cfg = load_config(None, ["users=1", "task=attributes", *TINY])
     heads = task_heads(cfg.task, ["u"])
-    from fl_sim.models import build_model
+    from fl_sim.core.models import build_model
 
     state = {k: v.numpy() for k, v in build_model("convnet", heads, 16, 4, 0).state_dict().items()}
     obs = build_observation(cfg, heads, state, {k: v * 0.99 for k, v in state.items()},

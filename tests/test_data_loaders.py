@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fl_sim.data import open_dataset, select_users
-from fl_sim.data.folders import CelebAFaces, FolderFaces, LfwFaces
-from fl_sim.errors import DataError
+from fl_sim.core.data import open_dataset, select_users
+from fl_sim.core.data.folders import CelebAFaces, FolderFaces, LfwFaces
+from fl_sim.core.errors import DataError
 
 FL_SIM = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "fl-sim"
 
@@ -370,7 +370,7 @@ def tiny_hf_dataset(**extra):
 
 def test_hf_users_and_photos():
     # Prepare
-    from fl_sim.data.hf import HFFaces
+    from fl_sim.core.data.hf import HFFaces
 
     ds = HFFaces(tiny_hf_dataset(age=[25, 25, 50, 50, 50]), "identity")
 
@@ -388,7 +388,7 @@ def test_hf_users_and_photos():
 
 def test_hf_missing_identity_column():
     # Prepare
-    from fl_sim.data.hf import HFFaces
+    from fl_sim.core.data.hf import HFFaces
 
     # Execute / Assert
     with pytest.raises(DataError, match="person"):

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from fl_sim.config import load_config
-from fl_sim.defenses import (compress_update, dp_sgd_noise, dp_sgd_schedule, dp_sgd_training, hides_user,
+from fl_sim.core.config import load_config
+from fl_sim.core.defenses import (compress_update, dp_sgd_noise, dp_sgd_schedule, dp_sgd_training, hides_user,
                               user_defenses)
 from fl_sim.federation import run_federation
-from fl_sim.store import RunStore
+from fl_sim.core.store import RunStore
 from tests.conftest import FL_SIM, make_face_folder
 
 TINY = ["data.image_size=16", "data.photos_per_user=4", "data.holdout_per_user=2", "model.width=4"]
@@ -61,7 +61,7 @@ def test_dp_sgd_epsilon_in_the_store_equals_opacus_accountant_and_defenses_diffe
     assert eps[1] > eps[0]  # cumulative across rounds, not restarted
     assert all(r["accuracy"] is not None for r in doc["rounds"])  # utility recorded beside the privacy cost
     # `fl-sim audit --run` audits exactly these settings: mu = 1/z, labelled with the run's final epsilon
-    from fl_sim.audit_cli import run_settings
+    from fl_sim.cli.audit import run_settings
 
     mus, labels, data_spec, _ = run_settings(res.run_dir)
     assert mus == [pytest.approx(1 / 1.3)] and labels == [pytest.approx(eps[1])] and data_spec.startswith("folder:")
@@ -192,7 +192,7 @@ def test_dp_sgd_defaults_are_full_batch_steps_at_their_own_lr_and_fall_back_to_t
 
 def test_full_batch_dp_sgd_without_clipping_or_noise_is_plain_gradient_descent() -> None:
     from clients.training import dp_local_train, local_train
-    from fl_sim.models import build_model, task_heads
+    from fl_sim.core.models import build_model, task_heads
 
     # Prepare: one user's 6 photos; DP-SGD's default full batch, so Poisson sampling at q = 1 takes them all
     heads = task_heads("attributes", ["a"])

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from fl_sim.data.base import to_tensor
-from fl_sim.data.info import identity_separation
-from fl_sim.data.synthfaces import open_synthfaces
-from fl_sim.errors import FlSimError
-from fl_sim.evaluators.dlib_face import DlibEmbedder, dlib_embedder
-from fl_sim.evaluators.face import to_uint8_hwc
+from fl_sim.core.data.base import to_tensor
+from fl_sim.core.data.info import identity_separation
+from fl_sim.core.data.synthfaces import open_synthfaces
+from fl_sim.core.errors import FlSimError
+from fl_sim.core.evaluators.dlib_face import DlibEmbedder, dlib_embedder
+from fl_sim.core.evaluators.face import to_uint8_hwc
 
 USERS, PHOTOS = 8, 5  # dlib costs ~0.1 s per image on this CPU: keep the set small
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fl_sim.bench import plain_federation
-from fl_sim.config import load_config
+from fl_sim.experiments.bench import plain_federation
+from fl_sim.core.config import load_config
 from fl_sim.federation import run_federation
-from fl_sim.store import RunStore
+from fl_sim.core.store import RunStore
 from tests.conftest import FL_SIM, make_face_folder
 
 TINY = ["data.image_size=16", "data.photos_per_user=4", "data.holdout_per_user=2", "model.width=4", "attack.enabled=false"]

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fl_sim.data.info import identity_separation
+from fl_sim.core.data.info import identity_separation
 
 
 def brute_force(emb: np.ndarray, owner: np.ndarray) -> dict[str, float]:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from fl_sim.leakage import summarize
-from fl_sim.stats import bootstrap_ci, intervals_overlap, mean_ci, paired_difference, per_unit_means
+from fl_sim.core.leakage import summarize
+from fl_sim.core.stats import bootstrap_ci, intervals_overlap, mean_ci, paired_difference, per_unit_means
 
 
 def test_bootstrap_interval_known_answers() -> None:
@@ -67,8 +67,8 @@ def test_summary_headline_is_the_lower_evaluator_and_disagreement_is_flagged() -
 
 @pytest.fixture(scope="module")
 def truth():  # noqa: ANN201 - a UserTruth on 5 embedded users, both evaluators
-    from fl_sim.data import open_dataset
-    from fl_sim.scoring import UserTruth
+    from fl_sim.core.data import open_dataset
+    from fl_sim.core.scoring import UserTruth
 
     ds = open_dataset("synthfaces")
     users = [r.user for r in ds.users()[:5]]
@@ -78,7 +78,7 @@ def truth():  # noqa: ANN201 - a UserTruth on 5 embedded users, both evaluators
 
 
 def test_identity_gain_is_zero_for_the_average_face_and_positive_for_the_users_own_photo(truth) -> None:  # noqa: ANN001
-    from fl_sim.scoring import score
+    from fl_sim.core.scoring import score
 
     u = truth.users
     others = torch.stack([torch.stack([truth.photos[v].mean(0) for v in u if v != w]).mean(0) for w in u])
@@ -95,7 +95,7 @@ def test_identity_gain_is_zero_for_the_average_face_and_positive_for_the_users_o
 
 
 def test_unknown_truth_is_null_never_wrong(truth) -> None:  # noqa: ANN001
-    from fl_sim.scoring import score
+    from fl_sim.core.scoring import score
 
     rows = score(torch.stack([truth.photos[w][0] for w in truth.users]), list(truth.users), truth)
     assert rows[0]["gender_correct"] is None and rows[1]["gender_correct"] in (0, 1)

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fl_sim.data import open_dataset
-from fl_sim.data.mnist import FASHION_ENV, open_mnist, read_idx
-from fl_sim.errors import DataError
+from fl_sim.core.data import open_dataset
+from fl_sim.core.data.mnist import FASHION_ENV, open_mnist, read_idx
+from fl_sim.core.errors import DataError
 
 
 def write_idx(path: Path, arr: np.ndarray, zipped: bool = True) -> Path:

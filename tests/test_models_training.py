@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clients.training import evaluate, local_train
-from fl_sim.config import documented_keys
-from fl_sim.models import MODELS, build_model, task_heads, task_loss, user_labels
+from clients.training import local_train
+from fl_sim.core.models import evaluate
+from fl_sim.core.config import documented_keys
+from fl_sim.core.models import MODELS, build_model, task_heads, task_loss, user_labels
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

@@ -6,9 +6,9 @@ import json
 import subprocess
 from pathlib import Path
 
-from fl_sim.config import load_config
+from fl_sim.core.config import load_config
 from fl_sim.federation import prepare_users, run_federation
-from fl_sim.store import RunStore
+from fl_sim.core.store import RunStore
 from tests.conftest import FL_SIM, make_face_folder
 
 TINY = ["data.image_size=16", "data.photos_per_user=4", "data.holdout_per_user=2", "model.width=4"]

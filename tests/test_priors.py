@@ -12,8 +12,8 @@ import torch
 from diffusers import DDPMScheduler
 
 from attacks.priors import DiffusionPrior, PriorError
-from fl_sim.errors import FlSimError
-from fl_sim.prior_train import PriorTrainSpec, build_unet, train_prior
+from fl_sim.core.errors import FlSimError
+from fl_sim.experiments.prior_train import PriorTrainSpec, build_unet, train_prior
 from tests.conftest import FL_SIM
 
 
@@ -110,7 +110,7 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_users_split_is_refused_for_prior_training() -> None:
-    from fl_sim.prior_train import load_training_images
+    from fl_sim.experiments.prior_train import load_training_images
 
     with pytest.raises(FlSimError, match="users split"):
         load_training_images("synthfaces", 32)

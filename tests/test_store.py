@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fl_sim.store import FINISHED, NOT_FINISHED, RUNNING, RunStore, list_runs
+from fl_sim.core.store import FINISHED, NOT_FINISHED, RUNNING, RunStore, list_runs
 
 CONFIG = {"rounds": 2, "users": 2, "data": {"dataset": "folder:/x"}}
 

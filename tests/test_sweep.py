@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from fl_sim.errors import ConfigError
-from fl_sim.sweep import parse_grid
+from fl_sim.core.errors import ConfigError
+from fl_sim.experiments.sweep import parse_grid
 from tests.conftest import FL_SIM, make_face_folder
 
 TINY = ["data.image_size=16", "data.photos_per_user=4", "data.holdout_per_user=2", "model.width=4"]

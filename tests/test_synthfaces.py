@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from fl_sim.data import open_dataset
-from fl_sim.data.base import to_tensor
-from fl_sim.data.info import identity_separation, synthfaces_disjoint
-from fl_sim.data.synth import identity_latent, sha256
-from fl_sim.data.synthfaces import ASSET_DIR, open_synthfaces
+from fl_sim.core.data import open_dataset
+from fl_sim.core.data.base import to_tensor
+from fl_sim.core.data.info import identity_separation, synthfaces_disjoint
+from fl_sim.core.data.synth import identity_latent, sha256
+from fl_sim.core.data.synthfaces import ASSET_DIR, open_synthfaces
 
 
 def test_manifest_matches_every_file() -> None:
@@ -49,7 +49,7 @@ def test_photos_load_at_any_size() -> None:
 
 @pytest.mark.parametrize("size", [32])
 def test_sface_separates_identities_on_a_subset(size: int) -> None:
-    from fl_sim.evaluators.face import sface
+    from fl_sim.core.evaluators.face import sface
 
     ds = open_synthfaces("users")
     users = ds.users()[:12]

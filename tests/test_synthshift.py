@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fl_sim.data import FaceDataset, open_dataset
-from fl_sim.data.base import to_tensor
-from fl_sim.data.info import identity_separation, synthfaces_disjoint
-from fl_sim.data.synth import PRESETS, SPLIT_CODES, sha256
-from fl_sim.data.synthfaces import open_synthfaces
-from fl_sim.data.synthshift import ARCHIVE, ASSET_DIR, extract_once, identities, open_synthshift
+from fl_sim.core.data import FaceDataset, open_dataset
+from fl_sim.core.data.base import to_tensor
+from fl_sim.core.data.info import identity_separation, synthfaces_disjoint
+from fl_sim.core.data.synth import PRESETS, SPLIT_CODES, sha256
+from fl_sim.core.data.synthfaces import open_synthfaces
+from fl_sim.core.data.synthshift import ARCHIVE, ASSET_DIR, extract_once, identities, open_synthshift
 
 MANIFEST = json.loads((ASSET_DIR / "manifest.json").read_text())
 
@@ -78,7 +78,7 @@ def test_identities_are_disjoint_from_the_embedded_users_and_prior() -> None:
 
 
 def test_sface_finds_same_user_photos_more_similar(shifted: FaceDataset) -> None:
-    from fl_sim.evaluators.face import sface
+    from fl_sim.core.evaluators.face import sface
 
     users = shifted.users()[:15]
     photos = np.concatenate([shifted.photos_uint8(u.user)[:8] for u in users])

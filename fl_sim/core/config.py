@@ -1,0 +1,401 @@
+"""The one typed run configuration: TOML file + `--set key=value` overrides, validated at the door."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from fl_sim.core.errors import ConfigError
+from fl_sim.core.users import USERS_DOC, check_user_choice, choose_users
+
+
+def doc(text: str, **extra: Any) -> dict[str, Any]:
+    """Field metadata: the documentation `fl-sim config show` prints, plus optional bounds."""
+    return {"doc": text, **extra}
+
+
+def _f(default: Any, text: str, **extra: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=doc(text, **extra))
+    return field(default=default, metadata=doc(text, **extra))
+
+
+@dataclass
+class DataConfig:
+    """Where the users' photos come from."""
+
+    dataset: str = _f("synthfaces", "dataset spec: synthfaces | synthshift | folder:PATH | celeba:PATH | lfw:PATH | hf:NAME[:ID_COLUMN]")
+    image_size: int = _f(32, "side of the square images fed to the model (pixels)", min=8, max=256)
+    photos_per_user: int = _f(32, "training photos each user holds (their local batch)", min=1)
+    holdout_per_user: int = _f(8, "held-out photos per user, for utility (accuracy) only", min=1)
+    min_photos_per_user: int = _f(0, "skip users with fewer photos than this (0: photos_per_user + holdout_per_user)", min=0)
+
+
+@dataclass
+class ModelConfig:
+    """The shared model."""
+
+    name: str = _f("convnet", "model: convnet (GroupNorm) | resnet (GroupNorm) | mlp (fully connected first layer)",
+                   choices=("convnet", "resnet", "mlp"))
+    # 16, not 32: with per-user constant labels, wider 4x4-pooled features made local SGD
+    # diverge at any lr that still learned in a few rounds (docs/BENCHMARKS.md, demo tuning).
+    width: int = _f(16, "channels (convnet, resnet) or hidden units / 8 (mlp)", min=1, max=1024)
+    norm: str = _f("group", "normalisation layers: group (GroupNorm) | batch (BatchNorm; refused under DP-SGD)",
+                   choices=("group", "batch"))
+
+
+@dataclass
+class SimulationConfig:
+    """Flower Simulation Engine (Ray backend) settings."""
+
+    client_cpus: float = _f(1.0, "CPUs reserved per client actor", min=0.0)
+    client_gpus: float = _f(0.0, "GPUs (fraction) reserved per client actor", min=0.0)
+    torch_threads: int = _f(1, "torch intra-op threads inside each client actor", min=1)
+    ray_num_cpus: int = _f(0, "CPUs Ray may use (0: all of this machine's)", min=0)
+    pull_interval_s: float = _f(0.01, "how often the server polls the simulation for replies (Flower's default: 0.1)",
+                                min_exclusive=0.0)
+
+
+@dataclass
+class AttackPolicyConfig:
+    """The curious server: which rounds, users and methods it attacks, and its worker."""
+
+    enabled: bool = _f(True, "attack client updates during the run (the curious server)")
+    methods: list[str] = _f(["ig", "diffusion"], "attack methods: dlg | ig | diffusion")
+    rounds: list[int] = _f([], "rounds to attack (empty: see every)")
+    every: int = _f(5, "attack every k-th round when 'rounds' is empty (5: rounds 1, 6, 11, ...)", min=1)
+    users: str = _f("all", "users to attack: all | half | sample:N (seeded) | comma-separated user ids")
+    iterations: int = _f(400, "optimisation iterations per attack", min=1)
+    prior: str = _f("faces32", "diffusion prior: faces32 (embedded) | diffusers folder | hub id")
+    queue_size: int = _f(8, "attack jobs in flight before the queue is full", min=1)
+    when_full: str = _f("wait", "full queue: wait for a slot | drop the job (recorded as dropped)",
+                        choices=("wait", "drop"))
+    worker_cpus: float = _f(0.0, "CPUs reserved for the attack worker (0 on a CPU host: it runs at low priority beside the clients, whose actor pool takes every CPU Ray has)", min=0.0)
+    worker_gpus: float = _f(0.0, "GPUs (fraction) for the attack worker actor", min=0.0)
+    drain_timeout_s: float = _f(1800.0, "at the end, wait this long for attacks; the rest are 'unfinished'", min=0.0)
+
+
+
+
+@dataclass
+class DpSgdConfig:
+    """DP-SGD (Opacus) in the selected users' local training: per-sample clipping + Gaussian noise."""
+
+    enabled: bool = _f(False, "train under DP-SGD (setting any other dp_sgd key turns it on)")
+    noise_multiplier: float = _f(1.0, "z: noise std / clipping norm (unused when target_epsilon > 0)", min=0.0)
+    # Defaults measured on the demo federation (docs/BENCHMARKS.md, DP-SGD defaults): C = 1 clipped the
+    # model's per-sample gradients (median norm ~21) to a twentieth, and Poisson-sampled batches of 8 of
+    # 32 photos made even unclipped, noise-free training swing by +-0.1 accuracy from run to run.
+    max_grad_norm: float = _f(20.0, "C: per-sample gradient clipping norm (20: near the demo model's median "
+                                    "per-sample gradient norm, so clipping binds mildly)", min_exclusive=0.0)
+    lr: float = _f(0.015, "DP-SGD's local learning rate (0: the run's lr); 0.015 makes up for clipping's "
+                          "smaller steps on the demo", min=0.0)
+    batch_size: int = _f(0, "FedAvg: expected (Poisson) batch of each DP-SGD step (0: all the user's photos, "
+                            "sample rate 1: full-batch DP gradient descent)", min=0)
+    epochs: int = _f(4, "FedAvg: DP-SGD local epochs per round (0: the run's local_epochs); with the full "
+                        "batch one step each, so 4 = the 4 steps a round of the demo's undefended training", min=0)
+    target_epsilon: float = _f(0.0, "> 0: Opacus picks z to reach this epsilon at delta after all planned rounds",
+                               min=0.0)
+    delta: float = _f(1e-5, "delta of the (epsilon, delta) guarantee", min_exclusive=0.0, max=0.1)
+    accountant: str = _f("rdp", "Opacus accountant: rdp | prv", choices=("rdp", "prv"))
+    users: str = _f("all", USERS_DOC)
+
+
+@dataclass
+class UserDpConfig:
+    """User-level DP with Flower's built-ins (whole updates clipped, noise on the server or the client)."""
+
+    mode: str = _f("off", "off | client-fixed (clients clip, server noises the aggregate) | server-fixed | "
+                          "server-adaptive (server clips, then noises the aggregate) | local (LocalDpMod: clients "
+                          "clip and noise their own update)",
+                   choices=("off", "client-fixed", "server-fixed", "server-adaptive", "local"))
+    noise_multiplier: float = _f(0.1, "central modes: noise std / clipping norm on the aggregate", min=0.0)
+    clipping_norm: float = _f(1.0, "update clipping norm (the initial one for server-adaptive)", min_exclusive=0.0)
+    local_epsilon: float = _f(10.0, "local: epsilon of LocalDpMod's Gaussian mechanism", min_exclusive=0.0)
+    local_delta: float = _f(1e-5, "local: delta of LocalDpMod's Gaussian mechanism", min_exclusive=0.0, max=0.1)
+
+
+@dataclass
+class CompressionConfig:
+    """Classical defenses on the update (after - before) before it is sent."""
+
+    topk: float = _f(0.0, "top-k sparsification: fraction of entries kept, largest magnitudes over the whole "
+                          "update (0: off)", min=0.0, max=1.0)
+    prune: float = _f(0.0, "gradient pruning: fraction of each layer's smallest-magnitude entries zeroed (0: off)",
+                      min=0.0, max=0.999)
+    quantize_bits: int = _f(0, "uniform quantisation per tensor to this many bits, stochastic rounding (0: off)",
+                            min=0, max=16)
+    users: str = _f("all", USERS_DOC)
+
+
+@dataclass
+class SecAggConfig:
+    """Secure aggregation (Flower's SecAgg+ workflow): the server sees only each round's aggregate."""
+
+    enabled: bool = _f(False, "run rounds through SecAgg+")
+    num_shares: int = _f(0, "secret shares per client (0: every client in the round)", min=0)
+    reconstruction_threshold: int = _f(3, "shares needed to unmask a client's secret", min=2)
+
+
+@dataclass
+class DefensesConfig:
+    """Client defenses, each of which can be toggled per run (and per user where it is client-side)."""
+
+    dp_sgd: DpSgdConfig = field(default_factory=DpSgdConfig, metadata=doc("DP-SGD (Opacus)"))
+    user_dp: UserDpConfig = field(default_factory=UserDpConfig, metadata=doc("user-level DP (Flower)"))
+    compression: CompressionConfig = field(default_factory=CompressionConfig, metadata=doc("compression"))
+    secagg: SecAggConfig = field(default_factory=SecAggConfig, metadata=doc("secure aggregation"))
+
+
+@dataclass
+class RunConfig:
+    """A federation: who takes part, what they train, how the server aggregates."""
+
+    seed: int = _f(0, "seed for user sampling, model init and local shuffling", min=0)
+    users: int = _f(8, "number of users (one Flower client each)", min=1)
+    rounds: int = _f(6, "federated rounds", min=1)
+    protocol: str = _f("fedavg", "fedsgd: one full-batch gradient step | fedavg: local epochs of mini-batch SGD",
+                       choices=("fedsgd", "fedavg"))
+    task: str = _f("auto", "auto: attributes where the data has gender/age labels, else identity (the run says "
+                           "which) | attributes: gender + age-band heads | identity: one class per user",
+                   choices=("auto", "attributes", "identity"))
+    lr: float = _f(0.01, "client learning rate (eta)", min_exclusive=0.0)
+    local_epochs: int = _f(1, "FedAvg: local epochs per round", min=1)
+    local_batch_size: int = _f(8, "FedAvg: mini-batch size of local SGD", min=1)
+    clients_per_round: float = _f(1.0, "clients per round: a fraction in (0, 1] or a count > 1", min_exclusive=0.0)
+    utility_eval: str = _f("harness", "held-out accuracy per round: harness (the simulator evaluates every user's "
+                                      "held-out photos; same numbers, no extra message round) | clients (Flower's "
+                                      "federated evaluation)", choices=("harness", "clients"))
+    data: DataConfig = field(default_factory=DataConfig, metadata=doc("dataset"))
+    model: ModelConfig = field(default_factory=ModelConfig, metadata=doc("model"))
+    simulation: SimulationConfig = field(default_factory=SimulationConfig, metadata=doc("simulation engine"))
+    attack: AttackPolicyConfig = field(default_factory=AttackPolicyConfig, metadata=doc("curious server"))
+    defenses: DefensesConfig = field(default_factory=DefensesConfig, metadata=doc("client defenses"))
+
+    def clients_in_round(self) -> int:
+        """How many clients each round samples."""
+        if self.clients_per_round <= 1.0:
+            return max(1, int(round(self.users * self.clients_per_round)))
+        return int(self.clients_per_round)
+
+    def attacked_round(self, server_round: int) -> bool:
+        """Whether the curious server attacks ``server_round``."""
+        a = self.attack
+        if not a.enabled:
+            return False
+        return server_round in a.rounds if a.rounds else (server_round - 1) % a.every == 0
+
+    def attacked_users(self, users: list[str]) -> list[str]:
+        """The users the curious server attacks (a seeded sample is the same every round)."""
+        return choose_users(self.attack.users, users, f"attack:{self.seed}", "attack.users")
+
+    def round_users(self, users: list[str], server_round: int) -> list[str]:
+        """The users trained in ``server_round``: a function of (seed, round) over user names.
+
+        Sampling names rather than Flower's random node ids keeps two runs with one seed alike.
+        """
+        pool = sorted(users)
+        n = self.clients_in_round()
+        if n >= len(pool):
+            return pool
+        return sorted(random.Random(f"{self.seed}:{server_round}").sample(pool, n))
+
+
+def _is_section(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _base_type(tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0]
+    return tp
+
+
+def _coerce(key: str, tp: Any, value: Any) -> Any:
+    """Value of the declared type, from a TOML value or a --set string."""
+    tp = _base_type(tp)
+    if isinstance(value, str) and tp is not str:
+        text = value.strip()
+        try:
+            if tp is bool:
+                if text.lower() in ("true", "1", "yes", "on"):
+                    return True
+                if text.lower() in ("false", "0", "no", "off"):
+                    return False
+                raise ValueError
+            if tp is int:
+                return int(text)
+            if tp is float:
+                return float(text)
+            if typing.get_origin(tp) is list:
+                (inner,) = typing.get_args(tp)
+                return [_coerce(key, inner, v) for v in text.split(",") if v.strip()] if text else []
+        except ValueError:
+            raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}") from None
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typing.get_origin(tp) is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        (inner,) = typing.get_args(tp)
+        return [_coerce(key, inner, v) for v in value]
+    if tp in (int, float, str, bool) and (type(value) is not tp):
+        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _check(key: str, meta: dict[str, Any], value: Any) -> None:
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(meta['choices'])}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ConfigError(f"config key '{key}': must be a finite number, got {value}")
+        if "min" in meta and value < meta["min"]:
+            raise ConfigError(f"config key '{key}': must be >= {meta['min']}, got {value}")
+        if "max" in meta and value > meta["max"]:
+            raise ConfigError(f"config key '{key}': must be <= {meta['max']}, got {value}")
+        if "min_exclusive" in meta and value <= meta["min_exclusive"]:
+            raise ConfigError(f"config key '{key}': must be > {meta['min_exclusive']}, got {value}")
+
+
+def _apply(obj: Any, values: dict[str, Any], prefix: str) -> None:
+    hints = get_type_hints(type(obj))
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    for name, value in values.items():
+        key = f"{prefix}{name}"
+        if name not in fields:
+            raise ConfigError(f"unknown config key '{key}' (fl-sim config show lists them)")
+        tp = hints[name]
+        if _is_section(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{key}' is a section; set its keys, e.g. '{key}.{dataclasses.fields(tp)[0].name}'")
+            _apply(getattr(obj, name), value, f"{key}.")
+        else:
+            coerced = _coerce(key, tp, value)
+            _check(key, dict(fields[name].metadata), coerced)
+            setattr(obj, name, coerced)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`a.b=v` strings -> nested dict of raw string values."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        parts = key.strip().split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"config key '{key}' conflicts with another --set")
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(path: Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Defaults, then the TOML file, then the overrides; every value checked."""
+    cfg = RunConfig()
+    if path is not None:
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+        _apply(cfg, data, "")
+        _implied(cfg, data)
+    parsed = parse_overrides(overrides or [])
+    _apply(cfg, parsed, "")
+    _implied(cfg, parsed)
+    validate(cfg)
+    return cfg
+
+
+def _implied(cfg: RunConfig, values: dict[str, Any]) -> None:
+    """Setting a DP-SGD parameter turns DP-SGD on, unless the same source sets ``enabled`` itself."""
+    dp = values.get("defenses", {}).get("dp_sgd", {}) if isinstance(values.get("defenses"), dict) else {}
+    if isinstance(dp, dict) and "enabled" not in dp and set(dp) & {"noise_multiplier", "max_grad_norm",
+                                                                    "target_epsilon"}:
+        cfg.defenses.dp_sgd.enabled = True
+
+
+def validate(cfg: RunConfig) -> None:
+    """Checks that involve more than one key."""
+    from attacks.methods import ATTACKS
+
+    unknown = [m for m in cfg.attack.methods if m not in ATTACKS]
+    if unknown:
+        raise ConfigError(f"config key 'attack.methods': unknown method(s) {', '.join(unknown)} "
+                          f"(known: {', '.join(sorted(ATTACKS))})")
+    bad_rounds = [r for r in cfg.attack.rounds if not 1 <= r <= cfg.rounds]
+    if bad_rounds:
+        raise ConfigError(f"config key 'attack.rounds': {bad_rounds} outside 1..{cfg.rounds}")
+    check_user_choice(cfg.attack.users, "attack.users")
+    if cfg.clients_per_round > 1.0 and cfg.clients_per_round != int(cfg.clients_per_round):
+        raise ConfigError(f"config key 'clients_per_round': a count must be whole, got {cfg.clients_per_round}")
+    if cfg.clients_in_round() > cfg.users:
+        raise ConfigError(f"config key 'clients_per_round': {cfg.clients_in_round()} clients per round but only {cfg.users} users")
+    from fl_sim.core.defenses import validate_defenses
+
+    validate_defenses(cfg)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    cfg = RunConfig()
+    _apply(cfg, data, "")
+    return cfg
+
+
+def to_toml(cfg: Any, prefix: str = "") -> str:
+    """TOML text of a config, each key preceded by its documentation."""
+    scalars, sections = [], []
+    hints = get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if _is_section(hints[f.name]):
+            sections.append(f"\n[{prefix}{f.name}]\n" + to_toml(value, f"{prefix}{f.name}."))
+        else:
+            scalars.append(f"# {f.metadata.get('doc', '')}\n{f.name} = {_toml_value(value)}")
+    return "\n".join(scalars) + "".join(sections)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return repr(v)
+
+
+def documented_keys(cfg: Any | None = None, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(dotted key, value, doc) for every leaf key."""
+    cfg = cfg if cfg is not None else RunConfig()
+    out = []
+    hints = get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if _is_section(hints[f.name]):
+            out.extend(documented_keys(value, f"{prefix}{f.name}."))
+        else:
+            out.append((f"{prefix}{f.name}", value, f.metadata.get("doc", "")))
+    return out

@@ -1,0 +1,145 @@
+"""`fl-sim inspect`: attacked rounds per user, and a PNG panel per user and round."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fl_sim.core.errors import FlSimError
+from fl_sim.core.defenses import describe, hides_user
+from fl_sim.core.scoring import EVALUATORS
+from fl_sim.core.store import RunStore
+
+
+def attack_table(store: RunStore) -> list[dict[str, Any]]:
+    """One row per attack with the figures a reader compares: similarity, rank, attributes."""
+    users = {u["user"]: u for u in store.users()}
+    # Each user's DP-SGD epsilon after each round (None without DP-SGD noise), read once.
+    eps = {(u["round"], u["user"]): float(u["metrics"]["dp-epsilon"]) for u in store.updates()
+           if "dp-epsilon" in u["metrics"]}
+    rows = []
+    for a in store.attacks():
+        m = a["metrics"]
+        truth = users.get(a["user"], {}).get("attributes", {}) if a["user"] else {}
+        per_eval = {f"{ev}_{k}": m.get(f"{ev}_{k}") for ev in EVALUATORS
+                    for k in ("face_similarity", "reid_rank", "identity_gain", "best_match", "best_match_similarity")}
+        rows.append({"round": a["round"], "user": a["user"], "aggregate_size": a["aggregate_size"], "method": a["method"],
+                     "status": a["status"], **per_eval, "reid_rank": m.get("reid_rank"), "reid_top1": m.get("reid_top1"),
+                     "identity_gain": m.get("identity_gain"),
+                     "n_users": len(users), "inferred_gender": m.get("inferred_gender"), "true_gender": truth.get("gender"),
+                     "inferred_age_band": m.get("inferred_age_band"), "true_age_band": truth.get("age_band"),
+                     "image": a["image"], "error": a["error"],
+                     "defenses": describe(a["defenses"] or {}), "server_sees": hides_user(a["defenses"] or {}),
+                     "dp_epsilon": eps.get((a["round"], a["user"]))})
+    return rows
+
+
+def attack_summary(store: RunStore) -> list[dict[str, Any]]:
+    """Per attacked round and method: re-id and identity gain under each evaluator with 95 %
+    intervals over users, the lower headline, and whether the evaluators disagree beyond them."""
+    from fl_sim.core.leakage import summarize
+
+    attacks = store.attacks()
+    out = []
+    for rnd, method in sorted({(a["round"], a["method"]) for a in attacks}):
+        rows = [a for a in attacks if a["round"] == rnd and a["method"] == method]
+        done = [a for a in rows if a["status"] == "finished"]
+        entry: dict[str, Any] = {"round": rnd, "method": method, "attacks": len(rows), "finished": len(done),
+                                 "no_signal": sum(a["status"] == "no-signal" for a in rows)}
+        if done:
+            summ = summarize([a["metrics"] for a in done],
+                             [a["user"] if a["user"] is not None else "aggregate" for a in done])
+            entry.update({k: summ.get(k) for k in ("reid_top1", "reid_top1_ci", "reid_top1_evaluator",
+                                                   "identity_gain", "identity_gain_ci")})
+            entry["evaluators_disagree"] = summ["evaluators_disagree"]
+            for ev in EVALUATORS:
+                e = summ["evaluators"][ev]
+                entry.update({f"{ev}_reid_top1": e["reid_top1"], f"{ev}_reid_top1_ci": e["reid_top1_ci"],
+                              f"{ev}_identity_gain": e["identity_gain"], f"{ev}_identity_gain_ci": e["identity_gain_ci"]})
+        out.append(entry)
+    return out
+
+
+def user_panel(run_dir: Path, user: str, rnd: int | None = None, out: Path | None = None,
+               context: dict[str, float] | None = None) -> tuple[Path, list[dict[str, Any]]]:
+    """PNG: the user's photos, then each method's reconstruction per attacked round, labelled,
+    with the context lines that say what a similarity means (within-user range, between users)."""
+    from PIL import Image, ImageDraw
+
+    from fl_sim.core.data import open_dataset
+    from fl_sim.core.evaluators.face import to_uint8_hwc
+
+    store = RunStore(run_dir / "store.sqlite", readonly=True)
+    try:
+        cfg = store.run()["config"]
+        users = {u["user"]: u for u in store.users()}
+        if user not in users:
+            raise FlSimError(f"no user {user!r} in run {run_dir.name} (users: {', '.join(sorted(users))})")
+        rows = [r for r in attack_table(store) if r["user"] == user and (rnd is None or r["round"] == rnd)]
+        if not rows:
+            raise FlSimError(f"user {user!r} was not attacked in run {run_dir.name}"
+                             + (f" round {rnd}" if rnd is not None else ""))
+    finally:
+        store.close()
+    ds = open_dataset(cfg["data"]["dataset"])
+    size = cfg["data"]["image_size"]
+    photos = to_uint8_hwc(ds.photos(user, size)[:8])
+    tile = 96
+    rounds = sorted({r["round"] for r in rows})
+    methods = sorted({r["method"] for r in rows})
+    w = 8 * tile
+    h = tile + 46 + len(rounds) * (tile + 24)
+    panel = Image.new("RGB", (max(w, len(methods) * (tile + 200)), h), "white")
+    draw = ImageDraw.Draw(panel)
+    attrs = users[user]["attributes"]
+    for i, p in enumerate(photos):
+        panel.paste(Image.fromarray(p).resize((tile, tile), Image.NEAREST), (i * tile, 0))
+    draw.text((4, tile + 6), f"user {user}: true gender {attrs.get('gender')}, age {attrs.get('age_band')} "
+                             f"(first 8 of their photos above)", fill="black")
+    if context:
+        draw.text((4, tile + 22), f"similarity context: this run's users match their own photos at "
+                                  f"{context['within_user_min']:.2f}..{context['within_user_max']:.2f} "
+                                  f"(mean {context['within_user_mean']:.2f}), other users at "
+                                  f"{context['between_user_mean']:.2f}", fill="black")
+    y = tile + 46
+    for rr in rounds:
+        for j, m in enumerate(methods):
+            row = next((r for r in rows if r["round"] == rr and r["method"] == m), None)
+            x = j * (tile + 200)
+            if row is None:
+                continue
+            if row["image"] and (run_dir / row["image"]).exists():
+                panel.paste(Image.open(run_dir / row["image"]).convert("RGB").resize((tile, tile), Image.NEAREST), (x, y))
+            scored = row["status"] == "finished" and row["sface_face_similarity"] is not None
+            text = (f"round {rr} {m} [{row['status']}]\n"
+                    + "".join(f"{ev}: sim {row[f'{ev}_face_similarity']:.2f} rank {row[f'{ev}_reid_rank']}/{row['n_users']}\n"
+                              for ev in EVALUATORS if row.get(f"{ev}_face_similarity") is not None)
+                    + f"gain {row['identity_gain']:+.3f}\n"
+                    f"gender {row['inferred_gender']}, age {row['inferred_age_band']}") if scored else \
+                f"round {rr} {m}\n[{row['status']}]\n{(row['error'] or '')[:40]}"
+            draw.text((x + tile + 6, y + 2), text, fill="black")
+        y += tile + 24
+    out = out or run_dir / "panels" / f"{user}{'' if rnd is None else f'_r{rnd:03d}'}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    panel.save(out)
+    return out, rows
+
+
+def context_lines(run_dir: Path) -> dict[str, float]:
+    """Within-user and between-user similarity of the run's users (the lines beside every figure)."""
+    from fl_sim.core.data import open_dataset
+    from fl_sim.core.scoring import UserTruth
+
+    store = RunStore(run_dir / "store.sqlite", readonly=True)
+    cfg = store.run()["config"]
+    users = [u["user"] for u in store.users()]
+    attrs = {u["user"]: u["attributes"] for u in store.users()}
+    store.close()
+    ds = open_dataset(cfg["data"]["dataset"])
+    n = cfg["data"]["photos_per_user"]
+    # The context lines are SFace's (what the panels print): no need to embed every photo with dlib too.
+    truth = UserTruth(users, {u: ds.photos(u, cfg["data"]["image_size"])[:n] for u in users}, attrs,
+                      evaluators=("sface",))
+    return {k: float(np.round(v, 3)) for k, v in truth.context().items()}

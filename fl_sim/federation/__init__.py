@@ -1,0 +1,138 @@
+"""`run_federation`: config -> run folder -> Flower Simulation Engine (Ray) -> run store."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fl_sim.core.config import RunConfig, to_dict, to_toml
+from fl_sim.core.data import UserRecord, choose_users, open_dataset
+from fl_sim.core.errors import ConfigError, FlSimError
+from fl_sim.core.store import FAILED, FINISHED, RunStore
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Where a finished (or failed) run lives."""
+
+    run_id: str
+    run_dir: Path
+    status: str
+    seconds: float
+    error: str | None = None
+
+
+def prepare_users(cfg: RunConfig) -> list[UserRecord]:
+    """Open the dataset and pick the users; every data error surfaces here, before any folder exists.
+
+    Also settles ``task=auto`` on ``cfg`` (see ``resolve_task``), so every later reader of
+    ``cfg.task`` — the heads, the clients, the config snapshot — sees the task that runs.
+    """
+    d = cfg.data
+    users = choose_users(open_dataset(d.dataset), n_users=cfg.users,
+                         need=max(d.min_photos_per_user, d.photos_per_user + d.holdout_per_user))
+    cfg.task = resolve_task(cfg, users)
+    return users
+
+
+def resolve_task(cfg: RunConfig, users: list[UserRecord]) -> str:
+    """The task the data supports: a task with nothing to learn from is refused, never run silently.
+
+    ``auto`` is ``attributes`` when every chosen user has a gender or an age band, else
+    ``identity`` (one class per user: always labelled). ``attributes`` on data where no user has
+    either is a config error: every label would be unknown, every loss 0 and every update empty.
+    """
+    labelled = [u.user for u in users if any(u.attributes.get(k) for k in ("gender", "age_band"))]
+    if cfg.task == "auto":
+        return "attributes" if len(labelled) == len(users) else "identity"
+    if cfg.task == "attributes" and not labelled:
+        raise ConfigError(f"config key 'task': attributes needs gender/age labels, but none of the {len(users)} users "
+                          f"of dataset {cfg.data.dataset!r} has any (add an attributes.csv with user,gender,age, "
+                          "or use task=identity)")
+    return cfg.task
+
+
+def new_run_dir(runs_dir: Path) -> tuple[str, Path]:
+    run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+    run_dir = runs_dir / run_id
+    run_dir.mkdir(parents=True, exist_ok=False)
+    return run_id, run_dir
+
+
+def quiet_flower() -> None:
+    """Flower's INFO log repeats per message; fl-sim prints its own per-round progress."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+
+
+def backend_config(cfg: RunConfig) -> dict[str, Any]:
+    init: dict[str, Any] = {"include_dashboard": False, "logging_level": "error", "log_to_driver": False}
+    if cfg.simulation.ray_num_cpus:
+        init["num_cpus"] = cfg.simulation.ray_num_cpus
+    return {"client_resources": {"num_cpus": cfg.simulation.client_cpus, "num_gpus": cfg.simulation.client_gpus},
+            "init_args": init}
+
+
+def init_run(cfg: RunConfig, runs_dir: Path) -> tuple[list[str], str, Path]:
+    """Validate the users, then create the run folder, its store and config snapshot."""
+    from fl_sim.core.defenses import user_defenses
+
+    users = prepare_users(cfg)
+    cfg.attacked_users([u.user for u in users])  # named attack targets must exist: fail before the folder
+    defenses = user_defenses(cfg, [u.user for u in users])  # likewise users named by a defense
+    run_id, run_dir = new_run_dir(runs_dir)
+    store = RunStore(run_dir / "store.sqlite")
+    try:
+        store.create_run(run_id, to_dict(cfg))
+        (run_dir / "config.toml").write_text(to_toml(cfg) + "\n")
+        for pid, u in enumerate(users):
+            store.add_user(u.user, pid, cfg.data.dataset, u.attributes, cfg.data.photos_per_user,
+                           cfg.data.holdout_per_user, defenses[u.user])
+    finally:
+        store.close()
+    return [u.user for u in users], run_id, run_dir
+
+
+def run_federation(cfg: RunConfig, runs_dir: Path,
+                   progress: Callable[[int, dict[str, Any]], None] | None = None,
+                   wrap: Callable[[Any], Any] | None = None) -> RunResult:
+    """Run one federation to the end; the run folder is either completed or marked failed.
+
+    ``wrap(strategy) -> strategy``: an outer Flower strategy around fl-sim's (e.g. a DP wrapper).
+    """
+    from flwr.simulation import run_simulation
+
+    from clients.app import make_client_app
+    from server.app import make_server_app
+
+    ids, run_id, run_dir = init_run(cfg, runs_dir)
+    store = RunStore(run_dir / "store.sqlite")
+    t0 = time.time()
+    try:
+        quiet_flower()
+        os.environ["FLWR_HOME"] = str(run_dir / "flwr_home")
+        outcome: dict[str, Any] = {}
+        run_simulation(server_app=make_server_app(cfg, ids, run_dir, progress, outcome, wrap),
+                       client_app=make_client_app(cfg, ids), num_supernodes=len(ids),
+                       backend_name="ray", backend_config=backend_config(cfg))
+        if "final_arrays" not in outcome:
+            raise RuntimeError(outcome.get("error", "the server app stopped before the last round"))
+        store.finish_run(FINISHED, summary={"rounds": cfg.rounds})
+        return RunResult(run_id, run_dir, FINISHED, time.time() - t0)
+    except BaseException as exc:
+        msg = f"{exc.__class__.__name__}: {exc}".splitlines()[0]
+        store.finish_run(FAILED, error=msg)
+        if isinstance(exc, (KeyboardInterrupt, FlSimError)):
+            raise
+        return RunResult(run_id, run_dir, FAILED, time.time() - t0, msg)
+    finally:
+        store.close()
