@@ -17,7 +17,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/fl-sim demo
 
+# The strict type check (ground floor + attacks, see pyproject [tool.mypy]), then the suite (layering rule included).
 test: $(STAMP)
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest -q
 
 # Regenerating the embedded identities needs the generator's extras (normal users never do this).

@@ -21,7 +21,8 @@ def candidate_gradients(obs: Observation, params: dict[str, torch.Tensor], x: to
         return obs.loss_fn(functional_call(obs.model, p, (xi[None],)), yi[None])
 
     if steps <= 1:
-        return vmap(grad(loss_one), in_dims=(None, 0, 0))(params, x, y)
+        per_example: dict[str, torch.Tensor] = vmap(grad(loss_one), in_dims=(None, 0, 0))(params, x, y)
+        return per_example
 
     def pseudo_one(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> dict[str, torch.Tensor]:
         q = p

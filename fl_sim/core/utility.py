@@ -28,7 +28,9 @@ class HoldoutEvaluator:
 
     def __call__(self, state: dict[str, torch.Tensor]) -> dict[str, Any]:
         self.model.load_state_dict(state)
-        per_user, total, sums = {}, 0, {}
+        per_user: dict[str, float] = {}
+        sums: dict[str, float] = {}
+        total = 0
         for u in self.users:
             data, _, y = self.data[u]
             res = evaluate(self.model, data.holdout, y, self.heads)

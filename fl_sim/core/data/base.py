@@ -75,8 +75,8 @@ def to_tensor(arr: np.ndarray, size: int) -> torch.Tensor:
 def decode_image(data: bytes | Path, where: str) -> np.ndarray:
     """Decode one image file to uint8 (S, S, 3) RGB, center-cropped to a square."""
     try:
-        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
-            im = im.convert("RGB")
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as opened:
+            im = opened.convert("RGB")
             w, h = im.size
             s = min(w, h)
             if w != h:
@@ -94,7 +94,7 @@ def stack_same_size(images: list[np.ndarray], where: str) -> np.ndarray:
     out = []
     for im in images:
         if im.shape[0] != s:
-            im = np.asarray(Image.fromarray(im).resize((s, s), Image.BILINEAR))
+            im = np.asarray(Image.fromarray(im).resize((s, s), Image.Resampling.BILINEAR))
         out.append(im)
     return np.stack(out)
 

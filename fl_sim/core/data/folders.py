@@ -136,7 +136,7 @@ class CelebAFaces(FaceDataset):
         if "Male" not in names or "Young" not in names:
             raise DataError(f"malformed {path} line 2: header lacks 'Male' and 'Young'")
         male, young = names.index("Male"), names.index("Young")
-        out = {}
+        out: dict[str, dict[str, str | None]] = {}
         for line_no, line in enumerate(lines[2:], start=3):
             parts = line.split()
             if not parts:

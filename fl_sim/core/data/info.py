@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from fl_sim.core.data import open_dataset
-from fl_sim.core.data.base import to_tensor
+from fl_sim.core.data.base import UserRecord, to_tensor
 
 
 def identity_separation(emb: np.ndarray, owner: np.ndarray) -> dict[str, float]:
@@ -87,7 +87,7 @@ def dataset_info(spec: str, size: int) -> dict[str, Any]:
     return info
 
 
-def synthfaces_disjoint(users: list[dict], prior: list[dict]) -> bool:
+def synthfaces_disjoint(users: list[dict[str, Any]], prior: list[dict[str, Any]]) -> bool:
     """True when no identity latent of the users split reappears in the prior split.
 
     Compares the latent vectors themselves (regenerated from each identity's recorded seed),
@@ -95,8 +95,8 @@ def synthfaces_disjoint(users: list[dict], prior: list[dict]) -> bool:
     """
     from fl_sim.core.data.synth import identity_latent
 
-    def latents(ids: list[dict]) -> set[bytes]:
-        out = set()
+    def latents(ids: list[dict[str, Any]]) -> set[bytes]:
+        out: set[bytes] = set()
         for i in ids:
             lat = i["latent"]
             split = "users" if lat["split_code"] == 0 else "prior"
@@ -107,7 +107,7 @@ def synthfaces_disjoint(users: list[dict], prior: list[dict]) -> bool:
     return len(a) == len(users) and len(b) == len(prior) and not (a & b)
 
 
-def _attribute_counts(users: list) -> dict[str, dict[str, int]]:
+def _attribute_counts(users: list[UserRecord]) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     for u in users:
         for k, v in u.attributes.items():
@@ -139,7 +139,7 @@ def contact_sheet(spec: str, out: Path, users: int = 10, photos: int = 8, scale:
     sheet = Image.new("RGB", (label_w + rows[0][1].shape[1] * scale, len(rows) * tile * scale), "white")
     draw = ImageDraw.Draw(sheet)
     for i, (rec, strip) in enumerate(rows):
-        img = Image.fromarray(strip).resize((strip.shape[1] * scale, tile * scale), Image.NEAREST)
+        img = Image.fromarray(strip).resize((strip.shape[1] * scale, tile * scale), Image.Resampling.NEAREST)
         sheet.paste(img, (label_w, i * tile * scale))
         a = rec.attributes
         draw.text((6, i * tile * scale + 8), f"{rec.user}\n{a.get('gender')}\nage {a.get('age_band')}", fill="black")

@@ -19,7 +19,7 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -122,7 +122,8 @@ class MobileStyleGan:
     def render(self, z: np.ndarray, truncation: float) -> np.ndarray:
         """One 1024x1024 RGB image in [-1, 1], (3, H, W)."""
         style = self.style_mean + truncation * (self.style(z) - self.style_mean)
-        return np.asarray(self._synthesis(style.astype(np.float32))[0])[0]
+        out: np.ndarray = np.asarray(self._synthesis(style.astype(np.float32))[0])[0]
+        return out
 
 
 def downsample(img: np.ndarray, crop: tuple[float, float, float, float], size: int) -> np.ndarray:
@@ -192,7 +193,7 @@ class _Identities:
         if shard.exists():
             photos = np.load(shard)["photos"]
             if len(photos) == n_photos:
-                return photos
+                return np.asarray(photos)
         z = identity_latent(spec.seed, split, i)
         photos = np.stack([
             downsample(self.gen.render(z + spec.photo_noise * photo_noise(spec.seed, split, i, j), spec.truncation),
@@ -211,14 +212,14 @@ class _Identities:
         return GENDERS[gender], float(np.median(pred.age)), float(np.mean(pred.gender))
 
 
-def generate(spec: SynthSpec, out_dir: Path, work_dir: Path, progress: Callable[[str, int, int], None] | None = None) -> dict:
+def generate(spec: SynthSpec, out_dir: Path, work_dir: Path, progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Generate ``spec`` into ``out_dir``; per-identity shards in ``work_dir`` make it resumable."""
     if spec.layout not in LAYOUTS:
         raise FlSimError(f"unknown synth layout {spec.layout!r} (known: {', '.join(LAYOUTS)})")
     ids = _Identities(spec, work_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    layout: dict | None = None
+    layout: dict[str, Any] | None = None
     if spec.layout == "folders":
         layout = _write_folders(spec, ids, out_dir, progress)
     else:
@@ -231,7 +232,7 @@ def _write_identities(spec: SynthSpec, ids: _Identities, out_dir: Path,
     """users.zip and prior.zip (``<id>/<NN>.jpg``) plus identities.json with latents and attributes."""
     from fl_sim.core.evaluators.face import AGE_BANDS, age_band
 
-    identities: list[dict] = []
+    identities: list[dict[str, Any]] = []
     plan = (("users", spec.users, spec.photos_per_user), ("prior", spec.prior_identities, spec.photos_per_prior_identity))
     for split, n_ids, n_photos in plan:
         prefix = spec.user_prefix if split == "users" else "p"
@@ -258,7 +259,7 @@ def _write_identities(spec: SynthSpec, ids: _Identities, out_dir: Path,
 
 
 def _write_folders(spec: SynthSpec, ids: _Identities, out_dir: Path,
-                   progress: Callable[[str, int, int], None] | None) -> dict:
+                   progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
     """One users.zip in folder layout: ``<user>/<NN>.jpg`` and ``attributes.csv`` (user, gender, age)."""
     if spec.prior_identities:
         raise FlSimError("the folder layout holds users only: set prior_identities to 0")
@@ -286,7 +287,7 @@ def _write_folders(spec: SynthSpec, ids: _Identities, out_dir: Path,
             "users": [r[0] for r in rows]}
 
 
-def _write_manifest(spec: SynthSpec, out_dir: Path, layout: dict | None, seconds: float) -> dict:
+def _write_manifest(spec: SynthSpec, out_dir: Path, layout: dict[str, Any] | None, seconds: float) -> dict[str, Any]:
     """manifest.json: recipe, seed, counts, versions, seconds and sha256 of every file beside it."""
     from fl_sim.core.evaluators.face import AGE_BANDS, GENDERS
 
@@ -297,7 +298,7 @@ def _write_manifest(spec: SynthSpec, out_dir: Path, layout: dict | None, seconds
                       prior_images=spec.prior_identities * spec.photos_per_prior_identity)
     else:
         counts["images"] = spec.users * spec.photos_per_user
-    manifest: dict = {
+    manifest: dict[str, Any] = {
         "dataset": spec.dataset,
         "generator": "MobileStyleGAN (FFHQ) via random-face OpenVINO IR, f32 inference",
         "recipe": {"photo": "style = mean + truncation * (mapping(z_identity + photo_noise * N(0, I)) - mean)",

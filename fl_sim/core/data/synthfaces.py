@@ -7,6 +7,7 @@ import threading
 import zipfile
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +45,7 @@ class SynthFaces(FaceDataset):
             self._zip, self._index = zf, index
         return self._zip, self._index
 
-    def identities(self) -> list[dict]:
+    def identities(self) -> list[dict[str, Any]]:
         """The raw identity records, with latent seeds and attribute votes."""
         return list(self._identities)
 

@@ -9,6 +9,7 @@ import tempfile
 import zipfile
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from fl_sim.core.data.folders import FolderFaces
 from fl_sim.core.assets import ASSET_ROOT
@@ -57,7 +58,7 @@ def extract_once(archive: Path, cache: Path) -> Path:
     return target
 
 
-def identities() -> list[dict]:
+def identities() -> list[dict[str, Any]]:
     """Each user's latent record (seed, split code, index) from the manifest, as in synthfaces' identities.json."""
     m = json.loads(MANIFEST.read_text())
     code = m["identities"]["split_code"]

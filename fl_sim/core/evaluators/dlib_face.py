@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
@@ -83,7 +84,7 @@ class DlibEmbedder:
         """uint8 (N, UPSCALE, UPSCALE, 3), bicubic: the predictor and chip need more than 32 px."""
         return np.ascontiguousarray(np.rint(_resize_uint8(np.ascontiguousarray(arr), self.UPSCALE)).astype(np.uint8))
 
-    def _shapes(self, big: np.ndarray) -> list:
+    def _shapes(self, big: np.ndarray) -> list[Any]:
         box = self._dlib.rectangle(*(int(round(v * self.UPSCALE)) for v in self.FACE_BOX))
         return [self._predictor(im, box) for im in big]
 

@@ -151,7 +151,7 @@ class MtcnnDetector:
 
         arr = images if (isinstance(images, np.ndarray) and images.dtype == np.uint8) else to_uint8_hwc(images)
         side = max(arr.shape[1], 48)  # MTCNN's pyramid needs some pixels to work with
-        pil = [Image.fromarray(a).resize((side, side), Image.BICUBIC) for a in arr]
+        pil = [Image.fromarray(a).resize((side, side), Image.Resampling.BICUBIC) for a in arr]
         boxes, _ = self._mtcnn.detect(pil)
         return float(np.mean([b is not None for b in boxes])) if len(pil) else float("nan")
 
@@ -185,7 +185,7 @@ class FaceNetEmbedder:
         arr = images if (isinstance(images, np.ndarray) and images.dtype == np.uint8) else to_uint8_hwc(images)
         faces = []
         for a in arr:
-            pil = Image.fromarray(a).resize((160, 160), Image.BICUBIC)
+            pil = Image.fromarray(a).resize((160, 160), Image.Resampling.BICUBIC)
             crop = self._mtcnn(pil)
             if crop is None:  # no face found: embed the whole frame rather than drop the row
                 crop = (torch.from_numpy(np.asarray(pil)).permute(2, 0, 1).float() - 127.5) / 128.0
