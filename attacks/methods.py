@@ -12,6 +12,7 @@ from attacks.labels import InferredLabels, infer_labels
 from attacks.matching import candidate_gradients, cosine_distance, l2_distance, total_variation
 from attacks.observation import Observation
 from attacks.priors import DiffusionPrior
+from attacks.registry import Named
 
 
 @dataclass(frozen=True)
@@ -51,14 +52,14 @@ class Reconstruction:
 
 
 AttackFn = Callable[[list[Observation], DiffusionPrior | None, AttackConfig], list[Reconstruction]]
-ATTACKS: dict[str, AttackFn] = {}
+ATTACKS: Named[AttackFn] = Named("attack method")
 DEFAULTS: dict[str, AttackConfig] = {}
 
 
-def register_attack(name: str, defaults: AttackConfig | None = None) -> Callable[[AttackFn], AttackFn]:
-    """Register a method under ``name`` with its own default config."""
+def register_attack(name: str, defaults: AttackConfig | None = None, help: str = "") -> Callable[[AttackFn], AttackFn]:
+    """Register a method under ``name`` with its own default config and a one-line help text."""
     def deco(fn: AttackFn) -> AttackFn:
-        ATTACKS[name] = fn
+        ATTACKS.add(name, fn, help)
         DEFAULTS[name] = defaults or AttackConfig()
         return fn
 
@@ -169,14 +170,14 @@ def _matching(pb: _Problem, x: torch.Tensor, cosine: bool) -> torch.Tensor:
 
 
 # -- methods -------------------------------------------------------------------------------
-@register_attack("dlg", AttackConfig(init="randn", tv=0.0))
+@register_attack("dlg", AttackConfig(init="randn", tv=0.0), help="Deep Leakage from Gradients: L2 gradient matching from noise")
 def dlg(observations: list[Observation], prior: DiffusionPrior | None, cfg: AttackConfig) -> list[Reconstruction]:
     """Deep Leakage from Gradients (with iDLG's inferred labels): L2 gradient matching from noise."""
     return _optimise("dlg", observations, cfg, lambda pb, x: _matching(pb, x, cosine=False))
 
 
 # ig: lr and TV swept on 20 users at rounds 0 and 5 (docs/BENCHMARKS.md); signed Adam, zeros start.
-@register_attack("ig", AttackConfig(lr=0.1, tv=0.05))
+@register_attack("ig", AttackConfig(lr=0.1, tv=0.05), help="Inverting Gradients: cosine matching + total variation")
 def inverting_gradients(observations: list[Observation], prior: DiffusionPrior | None,
                         cfg: AttackConfig) -> list[Reconstruction]:
     """Inverting Gradients: cosine distance + total variation, signed Adam, box constraint, restarts."""
@@ -195,7 +196,8 @@ def sliding_window(iterations: int, t_max: int, t_min: int, window: int) -> list
 
 # diffusion: lr, λ, schedule, projection and prior_every swept the same way; the prior is queried
 # every 4th iteration (costs ≤ 2x ig per iteration; quality within noise of every iteration).
-@register_attack("diffusion", AttackConfig(lr=0.1, prior_weight=0.4, prior_every=4))
+@register_attack("diffusion", AttackConfig(lr=0.1, prior_weight=0.4, prior_every=4),
+                 help="gradient matching guided by a diffusion prior (attack.prior)")
 def diffusion(observations: list[Observation], prior: DiffusionPrior | None,
               cfg: AttackConfig) -> list[Reconstruction]:
     """User-level inversion under a diffusion prior (seed 1), score-distillation construction.

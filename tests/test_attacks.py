@@ -120,7 +120,7 @@ def test_simulated_fedavg_matches_exactly_at_the_truth_and_the_pseudo_gradient_d
 
 
 def test_diffusion_queries_the_prior_every_kth_iteration_and_repeats_with_its_seed() -> None:
-    from attacks.priors import load_prior
+    from fl_sim.core.priors import open_prior as load_prior
 
     heads = task_heads("attributes", [])
     model = build_model("convnet", heads, 16, 4, seed=0)

@@ -11,7 +11,7 @@ from fl_sim.core.config import documented_keys
 from fl_sim.core.models import MODELS, build_model, task_heads, task_loss, user_labels
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", MODELS.names())
 @pytest.mark.parametrize("size", [16, 32])
 def test_models_give_one_logit_per_class_and_use_no_batchnorm(name: str, size: int) -> None:
     heads = task_heads("attributes", [])

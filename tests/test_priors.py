@@ -136,9 +136,9 @@ def test_build_unet_matches_spec() -> None:
 def test_embedded_prior_matches_its_manifest_and_denoises() -> None:
     import hashlib
 
-    from attacks.priors import EMBEDDED_PRIORS, load_prior
+    from fl_sim.core.priors import PRIORS, open_prior as load_prior
 
-    root = EMBEDDED_PRIORS["faces32"]
+    root = PRIORS["faces32"]
     manifest = json.loads((root / "manifest.json").read_text())
     for name, meta in manifest["files"].items():
         assert hashlib.sha256((root / name).read_bytes()).hexdigest() == meta["sha256"], name

@@ -1,24 +1,29 @@
-"""Image priors for attacks: diffusion models (the embedded face prior, local folders, hub ids)."""
+"""Image priors for attacks: diffusion models by registered name (locations passed in), local folder or hub id."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from attacks.priors.diffusion import DdimStep, DiffusionPrior, PriorError
+from attacks.registry import Named
 
-__all__ = ["DdimStep", "DiffusionPrior", "PriorError", "EMBEDDED_PRIORS", "load_prior"]
+__all__ = ["DdimStep", "DiffusionPrior", "PriorError", "PRIORS", "EMBEDDED_PRIORS", "register_prior", "load_prior"]
 
-# The embedded priors ship inside the fl_sim package's assets (resolved by path so that
-# `attacks` stays importable without the rest of fl-sim).
-_ASSETS = Path(__file__).resolve().parents[2] / "fl_sim" / "assets"
-EMBEDDED_PRIORS = {"faces32": _ASSETS / "prior-faces32"}
+# name -> a diffusers folder; the host program registers where its priors live (fl-sim: faces32).
+PRIORS: Named[Path] = Named("prior")
+EMBEDDED_PRIORS = PRIORS  # the former name, kept for callers that read it
+
+
+def register_prior(name: str, path: Path | str, help: str = "") -> Path:
+    """Make ``name`` stand for the diffusers folder at ``path``."""
+    return PRIORS.add(name, Path(path), help)
 
 
 def load_prior(spec: str = "faces32", device: str | None = None) -> DiffusionPrior:
-    """``faces32`` (embedded), a local diffusers folder, or a hub id such as google/ddpm-cifar10-32."""
-    if spec in EMBEDDED_PRIORS:
-        path = EMBEDDED_PRIORS[spec]
+    """A registered prior's name (fl-sim registers ``faces32``), a local diffusers folder, or a hub id."""
+    if spec in PRIORS:
+        path = PRIORS[spec]
         if not path.exists():
-            raise PriorError(f"embedded prior {spec!r} missing at {path}")
+            raise PriorError(f"prior {spec!r} missing at {path}")
         return DiffusionPrior.load(path, device)
     return DiffusionPrior.load(spec, device)

@@ -10,18 +10,49 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Callable, get_type_hints
 
 from fl_sim.core.errors import ConfigError
 from fl_sim.core.users import USERS_DOC, check_user_choice, choose_users
 
 
-def doc(text: str, **extra: Any) -> dict[str, Any]:
+Doc = str | Callable[[], str]  # a callable doc is read when printed: choices that come from a registry
+
+
+def doc(text: Doc, **extra: Any) -> dict[str, Any]:
     """Field metadata: the documentation `fl-sim config show` prints, plus optional bounds."""
     return {"doc": text, **extra}
 
 
-def _f(default: Any, text: str, **extra: Any) -> Any:
+def doc_text(meta: Any) -> str:
+    """A field's documentation (a registry-backed one is read now, plugins' parts included)."""
+    text = meta.get("doc", "")
+    return str(text() if callable(text) else text)
+
+
+def _listing(kind: str) -> str:
+    """``name (help) | ...`` for every registered part of ``kind``: model, attack, prior; datasets by spec form."""
+    if kind == "dataset":
+        from fl_sim.core.data import DATASETS
+
+        return " | ".join(e.help.split(" — ")[0] if " — " in e.help else f"{e.name}[:ARG]" for e in DATASETS)
+    if kind == "model":
+        from fl_sim.core.models import MODELS
+
+        return " | ".join(f"{e.name} ({e.help})" if e.help else e.name for e in MODELS)
+    from fl_sim.core.plugins import load_pending
+
+    load_pending()
+    if kind == "attack":
+        from attacks.methods import ATTACKS
+
+        return " | ".join(p.name for p in ATTACKS.parts())
+    from attacks.priors import PRIORS
+
+    return " | ".join(f"{p.name} ({p.help})" if p.help else p.name for p in PRIORS.parts())
+
+
+def _f(default: Any, text: Doc, **extra: Any) -> Any:
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=doc(text, **extra))
     return field(default=default, metadata=doc(text, **extra))
@@ -31,7 +62,7 @@ def _f(default: Any, text: str, **extra: Any) -> Any:
 class DataConfig:
     """Where the users' photos come from."""
 
-    dataset: str = _f("synthfaces", "dataset spec: synthfaces | synthshift | folder:PATH | celeba:PATH | lfw:PATH | hf:NAME[:ID_COLUMN]")
+    dataset: str = _f("synthfaces", lambda: f"dataset spec: {_listing('dataset')}")
     image_size: int = _f(32, "side of the square images fed to the model (pixels)", min=8, max=256)
     photos_per_user: int = _f(32, "training photos each user holds (their local batch)", min=1)
     holdout_per_user: int = _f(8, "held-out photos per user, for utility (accuracy) only", min=1)
@@ -42,8 +73,7 @@ class DataConfig:
 class ModelConfig:
     """The shared model."""
 
-    name: str = _f("convnet", "model: convnet (GroupNorm) | resnet (GroupNorm) | mlp (fully connected first layer)",
-                   choices=("convnet", "resnet", "mlp"))
+    name: str = _f("convnet", lambda: f"model: {_listing('model')}")
     # 16, not 32: with per-user constant labels, wider 4x4-pooled features made local SGD
     # diverge at any lr that still learned in a few rounds (docs/BENCHMARKS.md, demo tuning).
     width: int = _f(16, "channels (convnet, resnet) or hidden units / 8 (mlp)", min=1, max=1024)
@@ -68,12 +98,12 @@ class AttackPolicyConfig:
     """The curious server: which rounds, users and methods it attacks, and its worker."""
 
     enabled: bool = _f(True, "attack client updates during the run (the curious server)")
-    methods: list[str] = _f(["ig", "diffusion"], "attack methods: dlg | ig | diffusion")
+    methods: list[str] = _f(["ig", "diffusion"], lambda: f"attack methods: {_listing('attack')}")
     rounds: list[int] = _f([], "rounds to attack (empty: see every)")
     every: int = _f(5, "attack every k-th round when 'rounds' is empty (5: rounds 1, 6, 11, ...)", min=1)
     users: str = _f("all", "users to attack: all | half | sample:N (seeded) | comma-separated user ids")
     iterations: int = _f(400, "optimisation iterations per attack", min=1)
-    prior: str = _f("faces32", "diffusion prior: faces32 (embedded) | diffusers folder | hub id")
+    prior: str = _f("faces32", lambda: f"diffusion prior: {_listing('prior')} | diffusers folder | hub id")
     queue_size: int = _f(8, "attack jobs in flight before the queue is full", min=1)
     when_full: str = _f("wait", "full queue: wait for a slot | drop the job (recorded as dropped)",
                         choices=("wait", "drop"))
@@ -173,6 +203,9 @@ class RunConfig:
     utility_eval: str = _f("harness", "held-out accuracy per round: harness (the simulator evaluates every user's "
                                       "held-out photos; same numbers, no extra message round) | clients (Flower's "
                                       "federated evaluation)", choices=("harness", "clients"))
+    plugins: list[str] = _f([], "plugins imported before validation, to register datasets, models, defenses, attacks "
+                                "and priors: module names, module:callable, or paths (with a /) to a .py file or "
+                                "package folder (examples/README.md)")
     data: DataConfig = field(default_factory=DataConfig, metadata=doc("dataset"))
     model: ModelConfig = field(default_factory=ModelConfig, metadata=doc("model"))
     simulation: SimulationConfig = field(default_factory=SimulationConfig, metadata=doc("simulation engine"))
@@ -321,6 +354,9 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None) ->
     parsed = parse_overrides(overrides or [])
     _apply(cfg, parsed, "")
     _implied(cfg, parsed)
+    from fl_sim.core.plugins import ensure_plugins
+
+    ensure_plugins(cfg.plugins)  # before validation: the plugins' parts are valid choices
     validate(cfg)
     return cfg
 
@@ -336,7 +372,9 @@ def _implied(cfg: RunConfig, values: dict[str, Any]) -> None:
 def validate(cfg: RunConfig) -> None:
     """Checks that involve more than one key."""
     from attacks.methods import ATTACKS
+    from fl_sim.core.models import MODELS
 
+    MODELS.get(cfg.model.name)  # a ConfigError naming model.name and the known models
     unknown = [m for m in cfg.attack.methods if m not in ATTACKS]
     if unknown:
         raise ConfigError(f"config key 'attack.methods': unknown method(s) {', '.join(unknown)} "
@@ -373,7 +411,7 @@ def to_toml(cfg: Any, prefix: str = "") -> str:
         if _is_section(hints[f.name]):
             sections.append(f"\n[{prefix}{f.name}]\n" + to_toml(value, f"{prefix}{f.name}."))
         else:
-            scalars.append(f"# {f.metadata.get('doc', '')}\n{f.name} = {_toml_value(value)}")
+            scalars.append(f"# {doc_text(f.metadata)}\n{f.name} = {_toml_value(value)}")
     return "\n".join(scalars) + "".join(sections)
 
 
@@ -397,5 +435,5 @@ def documented_keys(cfg: Any | None = None, prefix: str = "") -> list[tuple[str,
         if _is_section(hints[f.name]):
             out.extend(documented_keys(value, f"{prefix}{f.name}."))
         else:
-            out.append((f"{prefix}{f.name}", value, f.metadata.get("doc", "")))
+            out.append((f"{prefix}{f.name}", value, doc_text(f.metadata)))
     return out

@@ -10,16 +10,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from fl_sim.core.evaluators.face import AGE_BANDS, GENDERS
+from fl_sim.core.plugins import Parts
 
-MODELS: dict[str, Callable[..., nn.Module]] = {}
+ModelFactory = Callable[..., nn.Module]  # (n_outputs, image_size, width, norm) -> a fresh module
+MODELS: Parts[ModelFactory] = Parts("model", "model.name")
 
 
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        MODELS[name] = fn
-        return fn
-
-    return deco
+def register_model(name: str, help: str = "") -> Callable[[ModelFactory], ModelFactory]:
+    """Register a model class (or factory) taking ``n_outputs, image_size, width, norm`` under ``name``."""
+    return MODELS.register(name, help)
 
 
 @dataclass(frozen=True)
@@ -93,7 +92,7 @@ def _gn(ch: int, norm: str = "group") -> nn.Module:
     return nn.BatchNorm2d(ch) if norm == "batch" else nn.GroupNorm(min(8, ch), ch)
 
 
-@register_model("convnet")
+@register_model("convnet", "three conv layers, GroupNorm")
 class ConvNet(nn.Module):
     """Three conv layers with GroupNorm, then a linear classifier on a 4x4 pooled map."""
 
@@ -126,7 +125,7 @@ class _Block(nn.Module):
         return F.relu(self.n2(self.c2(h)) + self.skip(x))
 
 
-@register_model("resnet")
+@register_model("resnet", "small ResNet, three residual stages, GroupNorm")
 class ResNet(nn.Module):
     """A small ResNet-style net (stem + three residual stages) with GroupNorm."""
 
@@ -142,7 +141,7 @@ class ResNet(nn.Module):
         return self.classifier(self.pool(self.stages(self.stem(x))).flatten(1))
 
 
-@register_model("mlp")
+@register_model("mlp", "fully connected first layer, for analytic leakage")
 class MLP(nn.Module):
     """Fully connected first layer with bias: a sample's image is ∇W_i / ∇b_i (analytic leakage)."""
 
@@ -165,7 +164,7 @@ def build_model(name: str, heads: list[Head], image_size: int, width: int, seed:
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        return MODELS[name](n_outputs=sum(len(h.classes) for h in heads), image_size=image_size, width=width, norm=norm)
+        return MODELS.get(name)(n_outputs=sum(len(h.classes) for h in heads), image_size=image_size, width=width, norm=norm)
     finally:
         torch.random.set_rng_state(gen_state)
 
