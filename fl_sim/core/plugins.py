@@ -187,5 +187,3 @@ def load_pending() -> None:
         if ref.strip():
             load_plugin(ref.strip())
 
-
-attacks.registry.MISS_HOOKS.append(load_pending)

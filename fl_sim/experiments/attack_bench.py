@@ -79,13 +79,13 @@ def bench_attack(*, users: int, batch_sizes: list[int], methods: list[str], roun
     from dataclasses import replace
 
     from attacks.methods import method_config, run_attack
-    from attacks.priors import load_prior
     from fl_sim.core.data import open_dataset
     from fl_sim.core.models import task_heads
+    from fl_sim.core.priors import open_prior
     from fl_sim.core.scoring import UserTruth, score
 
     seeds = seeds or [0]
-    prior = load_prior(prior_spec) if "diffusion" in methods else None
+    prior = open_prior(prior_spec) if "diffusion" in methods else None
     over = {} if iterations is None else {"iterations": iterations}
     acfgs = {(m, s): method_config(m, seed=s, **over) for m in methods for s in seeds}
     records: dict[tuple[int, int, str, str], list[tuple[str, dict[str, Any]]]] = {}  # (rnd, bs, method, kind)

@@ -385,8 +385,9 @@ def run_audit(mus: Sequence[float], settings: AuditSettings, *, eps_labels: Sequ
 
     ``eps_labels`` overrides the ε computed from ``settings`` (a run-based audit knows its own ε).
     """
-    from attacks.priors import PriorError, load_prior
+    from attacks.priors import PriorError
     from fl_sim.core.data import open_dataset
+    from fl_sim.core.priors import open_prior
 
     validate(mus, settings.images)
     if eps_labels is not None and len(eps_labels) != len(mus):
@@ -395,7 +396,7 @@ def run_audit(mus: Sequence[float], settings: AuditSettings, *, eps_labels: Sequ
     ds = open_dataset(settings.data)
     if prior is None:
         try:
-            prior = load_prior(settings.prior)
+            prior = open_prior(settings.prior)
         except PriorError as exc:
             raise FlSimError(str(exc)) from None
     size = prior.size
