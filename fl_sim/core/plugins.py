@@ -21,6 +21,9 @@ T = TypeVar("T")
 
 ENV = "FL_SIM_PLUGINS"  # comma-separated plugin references every process of a run imports on demand
 ENTRY_POINT_GROUP = "fl_sim.plugins"
+# fl-sim's own parts, imported (by name: they import this module) before any plugin, so they count as built-in
+BUILTIN_MODULES = ("fl_sim.core.data", "fl_sim.core.models", "fl_sim.core.defenses", "fl_sim.core.priors",
+                   "attacks.methods")
 
 _loaded: dict[str, ModuleType] = {}  # reference (as resolved) -> its module
 _entry_points_done = False
@@ -126,6 +129,7 @@ def load_plugin(ref: str, origin: str | None = None) -> ModuleType:
     key = _resolve(ref)
     if key in _loaded:
         return _loaded[key]
+    load_builtins()
     target, fn = _split(key)
     try:
         with _registering(origin or ref.strip()):
@@ -178,10 +182,17 @@ def load_entry_points(refresh: bool = False) -> None:
         load_plugin(ep.value, origin=f"entry point {ep.name} ({ep.value})")
 
 
+def load_builtins() -> None:
+    """Register fl-sim's own parts (the embedded priors with the attacks library among them)."""
+    for name in BUILTIN_MODULES:
+        if name not in sys.modules:
+            with _registering("builtin"):
+                importlib.import_module(name)
+
+
 def load_pending() -> None:
     """Every part this process should know: the built-in priors, installed entry points, FL_SIM_PLUGINS."""
-    import fl_sim.core.priors  # noqa: F401 - registers the embedded priors with the attacks library
-
+    load_builtins()
     load_entry_points()
     for ref in os.environ.get(ENV, "").split(","):
         if ref.strip():
