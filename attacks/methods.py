@@ -170,7 +170,8 @@ def _matching(pb: _Problem, x: torch.Tensor, cosine: bool) -> torch.Tensor:
 
 
 # -- methods -------------------------------------------------------------------------------
-@register_attack("dlg", AttackConfig(init="randn", tv=0.0), help="Deep Leakage from Gradients: L2 gradient matching from noise")
+@register_attack("dlg", AttackConfig(init="randn", tv=0.0),
+                 help="Deep Leakage from Gradients: L2 gradient matching from noise")
 def dlg(observations: list[Observation], prior: DiffusionPrior | None, cfg: AttackConfig) -> list[Reconstruction]:
     """Deep Leakage from Gradients (with iDLG's inferred labels): L2 gradient matching from noise."""
     return _optimise("dlg", observations, cfg, lambda pb, x: _matching(pb, x, cosine=False))

@@ -1,4 +1,4 @@
-"""Named parts of the attacks library (methods, priors) with help texts; self-contained: imports nothing of the project."""
+"""Named parts of the attacks library (methods, priors) with help texts; imports nothing of the project."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""An example fl-sim plugin: a tiny CNN (``tinycnn``), a flat photo folder (``flatfolder:PATH``), a baseline attack (``gray``)."""
+"""Example fl-sim plugin: a tiny CNN (``tinycnn``), a flat photo folder (``flatfolder:PATH``), an attack (``gray``)."""
 
 from __future__ import annotations
 

@@ -31,25 +31,20 @@ def doc_text(meta: Any) -> str:
 
 
 def _listing(kind: str) -> str:
-    """``name (help) | ...`` for every registered part of ``kind``: model, attack, prior; datasets by spec form."""
-    if kind == "dataset":
-        from fl_sim.core.data import DATASETS
-
-        return " | ".join(e.help.split(" — ")[0] if " — " in e.help else f"{e.name}[:ARG]" for e in DATASETS)
-    if kind == "model":
-        from fl_sim.core.models import MODELS
-
-        return " | ".join(f"{e.name} ({e.help})" if e.help else e.name for e in MODELS)
+    """``name (help) | ...`` for every registered part of ``kind`` (model, attack, prior); datasets by spec form."""
+    from attacks.methods import ATTACKS
+    from attacks.priors import PRIORS
+    from fl_sim.core.data import DATASETS
+    from fl_sim.core.models import MODELS
     from fl_sim.core.plugins import load_pending
 
     load_pending()
+    if kind == "dataset":
+        return " | ".join(e.help.split(" — ")[0] if " — " in e.help else f"{e.name}[:ARG]" for e in DATASETS)
     if kind == "attack":
-        from attacks.methods import ATTACKS
-
-        return " | ".join(p.name for p in ATTACKS.parts())
-    from attacks.priors import PRIORS
-
-    return " | ".join(f"{p.name} ({p.help})" if p.help else p.name for p in PRIORS.parts())
+        return " | ".join(ATTACKS.names())
+    parts = [(e.name, e.help) for e in MODELS] if kind == "model" else [(p.name, p.help) for p in PRIORS.parts()]
+    return " | ".join(f"{name} ({help})" if help else name for name, help in parts)
 
 
 def _f(default: Any, text: Doc, **extra: Any) -> Any:

@@ -96,7 +96,8 @@ def _import_path(ref: str, path: Path) -> ModuleType:
     if existing is not None:
         if Path(getattr(existing, "__file__", "") or "").resolve() == init.resolve():
             return existing
-        raise ConfigError(f"plugin {ref!r}: module name {name!r} is already taken by {getattr(existing, '__file__', name)}")
+        taken = getattr(existing, "__file__", name)
+        raise ConfigError(f"plugin {ref!r}: module name {name!r} is already taken by {taken}")
     spec = importlib.util.spec_from_file_location(
         name, init, submodule_search_locations=[str(path)] if path.is_dir() else None)
     if spec is None or spec.loader is None:
@@ -165,7 +166,7 @@ def _remember(keys: list[str]) -> None:
 
 
 def ensure_plugins(refs: list[str]) -> None:
-    """Import the installed entry points and ``refs`` (config key ``plugins``), and pass ``refs`` on to child processes."""
+    """Import the entry points and ``refs`` (config key ``plugins``); pass ``refs`` on to child processes."""
     load_pending()
     for ref in refs:
         load_plugin(ref)

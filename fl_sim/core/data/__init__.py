@@ -28,7 +28,7 @@ def _needs_arg(kind: str, arg: str | None) -> str:
     return arg
 
 
-@register_dataset("synthfaces", "synthfaces[:SPLIT] — embedded generated faces with gender/age labels (split: users | prior)")
+@register_dataset("synthfaces", "synthfaces[:SPLIT] — embedded generated faces, gender/age labels (users | prior)")
 def _synthfaces(arg: str | None) -> FaceDataset:
     from fl_sim.core.data.synthfaces import open_synthfaces
 
