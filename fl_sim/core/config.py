@@ -10,24 +10,13 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, get_type_hints
+from typing import TYPE_CHECKING, Any, TypeAlias, get_type_hints
 
+from fl_sim.core.defenses import apply_implied, validate_defenses
+from fl_sim.core.defenses import sections as defense_sections
 from fl_sim.core.errors import ConfigError
-from fl_sim.core.users import USERS_DOC, check_user_choice, choose_users
-
-
-Doc = str | Callable[[], str]  # a callable doc is read when printed: choices that come from a registry
-
-
-def doc(text: Doc, **extra: Any) -> dict[str, Any]:
-    """Field metadata: the documentation `fl-sim config show` prints, plus optional bounds."""
-    return {"doc": text, **extra}
-
-
-def doc_text(meta: Any) -> str:
-    """A field's documentation (a registry-backed one is read now, plugins' parts included)."""
-    text = meta.get("doc", "")
-    return str(text() if callable(text) else text)
+from fl_sim.core.fields import _f, doc, doc_text
+from fl_sim.core.users import check_user_choice, choose_users
 
 
 def _listing(kind: str) -> str:
@@ -45,12 +34,6 @@ def _listing(kind: str) -> str:
         return " | ".join(ATTACKS.names())
     parts = [(e.name, e.help) for e in MODELS] if kind == "model" else [(p.name, p.help) for p in PRIORS.parts()]
     return " | ".join(f"{name} ({help})" if help else name for name, help in parts)
-
-
-def _f(default: Any, text: Doc, **extra: Any) -> Any:
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata=doc(text, **extra))
-    return field(default=default, metadata=doc(text, **extra))
 
 
 @dataclass
@@ -107,76 +90,20 @@ class AttackPolicyConfig:
     drain_timeout_s: float = _f(1800.0, "at the end, wait this long for attacks; the rest are 'unfinished'", min=0.0)
 
 
+def _defenses_config() -> type:
+    """The ``defenses`` section: one sub-section per registered defense, documented by its registry help text."""
+    fields = [(d.name, d.config_type, field(default_factory=d.config_type, metadata=doc(d.help)))
+              for d in defense_sections()]
+    cls = dataclasses.make_dataclass("DefensesConfig", fields)
+    cls.__module__ = __name__  # pickled by reference (client actors and the attack worker receive configs)
+    cls.__doc__ = "Client defenses, each of which can be toggled per run (and per user where it is client-side)."
+    return cls
 
 
-@dataclass
-class DpSgdConfig:
-    """DP-SGD (Opacus) in the selected users' local training: per-sample clipping + Gaussian noise."""
-
-    enabled: bool = _f(False, "train under DP-SGD (setting any other dp_sgd key turns it on)")
-    noise_multiplier: float = _f(1.0, "z: noise std / clipping norm (unused when target_epsilon > 0)", min=0.0)
-    # Defaults measured on the demo federation (docs/BENCHMARKS.md, DP-SGD defaults): C = 1 clipped the
-    # model's per-sample gradients (median norm ~21) to a twentieth, and Poisson-sampled batches of 8 of
-    # 32 photos made even unclipped, noise-free training swing by +-0.1 accuracy from run to run.
-    max_grad_norm: float = _f(20.0, "C: per-sample gradient clipping norm (20: near the demo model's median "
-                                    "per-sample gradient norm, so clipping binds mildly)", min_exclusive=0.0)
-    lr: float = _f(0.015, "DP-SGD's local learning rate (0: the run's lr); 0.015 makes up for clipping's "
-                          "smaller steps on the demo", min=0.0)
-    batch_size: int = _f(0, "FedAvg: expected (Poisson) batch of each DP-SGD step (0: all the user's photos, "
-                            "sample rate 1: full-batch DP gradient descent)", min=0)
-    epochs: int = _f(4, "FedAvg: DP-SGD local epochs per round (0: the run's local_epochs); with the full "
-                        "batch one step each, so 4 = the 4 steps a round of the demo's undefended training", min=0)
-    target_epsilon: float = _f(0.0, "> 0: Opacus picks z to reach this epsilon at delta after all planned rounds",
-                               min=0.0)
-    delta: float = _f(1e-5, "delta of the (epsilon, delta) guarantee", min_exclusive=0.0, max=0.1)
-    accountant: str = _f("rdp", "Opacus accountant: rdp | prv", choices=("rdp", "prv"))
-    users: str = _f("all", USERS_DOC)
-
-
-@dataclass
-class UserDpConfig:
-    """User-level DP with Flower's built-ins (whole updates clipped, noise on the server or the client)."""
-
-    mode: str = _f("off", "off | client-fixed (clients clip, server noises the aggregate) | server-fixed | "
-                          "server-adaptive (server clips, then noises the aggregate) | local (LocalDpMod: clients "
-                          "clip and noise their own update)",
-                   choices=("off", "client-fixed", "server-fixed", "server-adaptive", "local"))
-    noise_multiplier: float = _f(0.1, "central modes: noise std / clipping norm on the aggregate", min=0.0)
-    clipping_norm: float = _f(1.0, "update clipping norm (the initial one for server-adaptive)", min_exclusive=0.0)
-    local_epsilon: float = _f(10.0, "local: epsilon of LocalDpMod's Gaussian mechanism", min_exclusive=0.0)
-    local_delta: float = _f(1e-5, "local: delta of LocalDpMod's Gaussian mechanism", min_exclusive=0.0, max=0.1)
-
-
-@dataclass
-class CompressionConfig:
-    """Classical defenses on the update (after - before) before it is sent."""
-
-    topk: float = _f(0.0, "top-k sparsification: fraction of entries kept, largest magnitudes over the whole "
-                          "update (0: off)", min=0.0, max=1.0)
-    prune: float = _f(0.0, "gradient pruning: fraction of each layer's smallest-magnitude entries zeroed (0: off)",
-                      min=0.0, max=0.999)
-    quantize_bits: int = _f(0, "uniform quantisation per tensor to this many bits, stochastic rounding (0: off)",
-                            min=0, max=16)
-    users: str = _f("all", USERS_DOC)
-
-
-@dataclass
-class SecAggConfig:
-    """Secure aggregation (Flower's SecAgg+ workflow): the server sees only each round's aggregate."""
-
-    enabled: bool = _f(False, "run rounds through SecAgg+")
-    num_shares: int = _f(0, "secret shares per client (0: every client in the round)", min=0)
-    reconstruction_threshold: int = _f(3, "shares needed to unmask a client's secret", min=2)
-
-
-@dataclass
-class DefensesConfig:
-    """Client defenses, each of which can be toggled per run (and per user where it is client-side)."""
-
-    dp_sgd: DpSgdConfig = field(default_factory=DpSgdConfig, metadata=doc("DP-SGD (Opacus)"))
-    user_dp: UserDpConfig = field(default_factory=UserDpConfig, metadata=doc("user-level DP (Flower)"))
-    compression: CompressionConfig = field(default_factory=CompressionConfig, metadata=doc("compression"))
-    secagg: SecAggConfig = field(default_factory=SecAggConfig, metadata=doc("secure aggregation"))
+if TYPE_CHECKING:
+    DefensesConfig: TypeAlias = Any  # built from the defense registry at import time
+else:
+    DefensesConfig = _defenses_config()
 
 
 @dataclass
@@ -357,11 +284,8 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None) ->
 
 
 def _implied(cfg: RunConfig, values: dict[str, Any]) -> None:
-    """Setting a DP-SGD parameter turns DP-SGD on, unless the same source sets ``enabled`` itself."""
-    dp = values.get("defenses", {}).get("dp_sgd", {}) if isinstance(values.get("defenses"), dict) else {}
-    if isinstance(dp, dict) and "enabled" not in dp and set(dp) & {"noise_multiplier", "max_grad_norm",
-                                                                    "target_epsilon"}:
-        cfg.defenses.dp_sgd.enabled = True
+    """Setting a defense parameter turns it on (e.g. DP-SGD's), unless the same source sets ``enabled`` itself."""
+    apply_implied(cfg, values)
 
 
 def validate(cfg: RunConfig) -> None:
@@ -382,8 +306,6 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"config key 'clients_per_round': a count must be whole, got {cfg.clients_per_round}")
     if cfg.clients_in_round() > cfg.users:
         raise ConfigError(f"config key 'clients_per_round': {cfg.clients_in_round()} clients per round but only {cfg.users} users")
-    from fl_sim.core.defenses import validate_defenses
-
     validate_defenses(cfg)
 
 
