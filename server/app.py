@@ -10,13 +10,15 @@ from typing import Any
 import numpy as np
 import ray
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from fl_sim.core.config import RunConfig
-from fl_sim.core.defenses import user_defenses
+from fl_sim.core.defenses import aggregate_only, server_wrappers, user_defenses
+from fl_sim.core.flwr_records import read_user, user_query
 from fl_sim.core.models import build_model, task_heads
+from fl_sim.core.records import ClientUpdate
 from fl_sim.core.store import RunStore
 from fl_sim.core.utility import HoldoutEvaluator
 from server.curious import AttackDispatcher, CuriousStrategy
@@ -33,13 +35,13 @@ def discover_users(grid: Grid, n_nodes: int) -> dict[int, str]:
         if time.time() > deadline:
             raise RuntimeError(f"only {len(nodes)} of {n_nodes} nodes connected")
         time.sleep(0.2)
-    msgs = [Message(content=RecordDict({"config": ConfigRecord({})}), message_type="query", dst_node_id=n)
+    msgs = [Message(content=user_query(), message_type="query", dst_node_id=n)
             for n in nodes]
     out = {}
     for reply in grid.send_and_receive(msgs, timeout=QUERY_TIMEOUT_S):
         if reply.has_error():
             raise RuntimeError(f"node {reply.metadata.src_node_id} failed the user query: {reply.error.reason}")
-        out[reply.metadata.src_node_id] = str(reply.content["user"]["user"])
+        out[reply.metadata.src_node_id] = read_user(reply.content)
     return out
 
 
@@ -86,16 +88,10 @@ def serve(grid: Grid, cfg: RunConfig, users: list[str], run_dir: Path,
 
         defenses = user_defenses(cfg, users)
 
-        def on_update(rnd: int, user: str | None, node: int, before: dict[str, np.ndarray], reply: Message) -> None:
-            after = {k: v.numpy() for k, v in reply.content["arrays"].items()}
-            norm, per_layer = update_norms(before, after)
-            m = dict(reply.content["metrics"])
-            if "privacy" in reply.content:
-                m.update(dict(reply.content["privacy"]))
-            store.add_update(rnd=rnd, user=user, node_id=node, num_examples=int(m["num-examples"]),
-                             local_steps=int(m["local-steps"]), lr=float(m["lr"]), loss=float(m["loss"]),
-                             protocol=cfg.protocol, update_norm=norm, layer_norms=per_layer,
-                             defenses=defenses.get(user or ""), metrics=m)
+        def on_update(node: int, before: dict[str, np.ndarray], update: ClientUpdate) -> None:
+            norm, per_layer = update_norms(before, {k: np.asarray(v) for k, v in update.arrays.items()})
+            store.add_client_update(update, node_id=node, protocol=cfg.protocol, update_norm=norm,
+                                    layer_norms=per_layer, defenses=defenses.get(update.user or ""))
 
         def on_round(rnd: int, rec: dict[str, Any]) -> None:
             ev = rec["evaluate"]
@@ -106,11 +102,12 @@ def serve(grid: Grid, cfg: RunConfig, users: list[str], run_dir: Path,
                 progress(rnd, rec)
 
         dispatcher, attack_store = _start_attacks(cfg, heads, users, run_dir, defenses)
-        if cfg.defenses.secagg.enabled:
+        if (agg_only := aggregate_only(cfg)) is not None:
             final = _serve_secagg(grid, context, cfg, users, model, user_of_node, store, dispatcher, defenses,
-                                  on_round)
+                                  on_round, agg_only[0].name)
         else:
-            final = _serve_messages(grid, cfg, users, model, user_of_node, dispatcher, on_update, on_round, wrap)
+            final = _serve_messages(grid, cfg, users, model, user_of_node, dispatcher, on_update, on_round, wrap,
+                                    defenses)
         if dispatcher is not None:
             if progress:
                 progress(-1, {"draining": len(dispatcher.pending)})
@@ -148,34 +145,17 @@ def _start_attacks(cfg: RunConfig, heads: list[Any], users: list[str], run_dir: 
     return dispatcher, attack_store
 
 
-def user_dp_wrapper(cfg: RunConfig) -> Callable[[Strategy], Strategy] | None:
-    """Flower's user-level DP strategy wrapper for ``defenses.user_dp.mode`` (None: off or client-only)."""
-    ud, n = cfg.defenses.user_dp, cfg.clients_in_round()
-    if ud.mode == "server-fixed":
-        from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping as Fixed
-
-        return lambda s: Fixed(s, ud.noise_multiplier, ud.clipping_norm, n)
-    if ud.mode == "client-fixed":
-        from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping as ClientFixed
-
-        return lambda s: ClientFixed(s, ud.noise_multiplier, ud.clipping_norm, n)
-    if ud.mode == "server-adaptive":
-        from flwr.serverapp.strategy import DifferentialPrivacyServerSideAdaptiveClipping as Adaptive
-
-        return lambda s: Adaptive(s, ud.noise_multiplier, n, initial_clipping_norm=ud.clipping_norm)
-    return None
-
-
 def _serve_messages(grid: Grid, cfg: RunConfig, users: list[str], model: torch.nn.Module,
                     user_of_node: dict[int, str], dispatcher: AttackDispatcher | None, on_update: Any, on_round: Any,
-                    wrap: Callable[[Strategy], Strategy] | None) -> dict[str, torch.Tensor]:
-    """Rounds on Flower's Message API strategy (FedAvg), optionally inside DP wrappers."""
+                    wrap: Callable[[Strategy], Strategy] | None,
+                    defenses: dict[str, dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Rounds on Flower's Message API strategy (FedAvg), optionally inside the defenses' wrappers (user-level DP)."""
     harness = cfg.utility_eval == "harness"
     inner = SeededFedAvg(node_of_user={u: n for n, u in user_of_node.items()}, sample=cfg.round_users,
                          min_train_nodes=1, min_evaluate_nodes=0 if harness else 1,
                          min_available_nodes=len(users), fraction_evaluate=0.0 if harness else 1.0)
     utility = HoldoutEvaluator(cfg, users) if harness else None
-    hooks = {"user_of_node": user_of_node, "on_update": on_update, "on_round": on_round}
+    hooks = {"user_of_node": user_of_node, "on_update": on_update, "on_round": on_round, "defenses": defenses}
     if dispatcher is not None:
         strategy: RecordingStrategy = CuriousStrategy(inner, dispatcher=dispatcher, **hooks)
     else:
@@ -186,8 +166,8 @@ def _serve_messages(grid: Grid, cfg: RunConfig, users: list[str], model: torch.n
             strategy.finish_round(rnd, utility(arrays.to_torch_state_dict()) if utility else None)
 
     outer = wrap(strategy) if wrap is not None else strategy
-    dp = user_dp_wrapper(cfg)
-    outer = dp(outer) if dp is not None else outer
+    for defense_wrap in server_wrappers(cfg):  # outermost: the curious server sees what Flower's server would
+        outer = defense_wrap(outer)
     result = outer.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=cfg.rounds,
                          train_config=ConfigRecord({"lr": cfg.lr}), evaluate_fn=evaluate_fn)
     return result.arrays.to_torch_state_dict()
@@ -195,22 +175,20 @@ def _serve_messages(grid: Grid, cfg: RunConfig, users: list[str], model: torch.n
 
 def _serve_secagg(grid: Grid, context: Context | None, cfg: RunConfig, users: list[str], model: torch.nn.Module,
                   user_of_node: dict[int, str], store: RunStore, dispatcher: AttackDispatcher | None,
-                  defenses: dict[str, dict[str, Any]], on_round: Any) -> dict[str, torch.Tensor]:
-    """Rounds through SecAgg+: the store and the curious server get each round's aggregate only."""
-    from server.secagg import AggregateOnlyFedAvg, aggregate_reply, run_secagg
+                  defenses: dict[str, dict[str, Any]], on_round: Any, defense: str) -> dict[str, torch.Tensor]:
+    """Rounds through SecAgg+ (``defense``): the store and the curious server get each round's aggregate only."""
+    from server.secagg import AggregateOnlyFedAvg, run_secagg
 
     if context is None:
         raise RuntimeError("SecAgg+ needs the ServerApp's Flower context")
-    shared = next(iter(defenses.values()), {}).get("secagg", {})
+    shared = {defense: next(iter(defenses.values()), {}).get(defense, {})}
 
-    def on_aggregate(rnd: int, before: dict[str, np.ndarray], agg: dict[str, np.ndarray], info: dict[str, Any]) -> None:
-        norm, per_layer = update_norms(before, agg)
-        store.add_update(rnd=rnd, user=None, node_id=0, num_examples=info["num-examples"],
-                         local_steps=info["local-steps"], lr=info["lr"], loss=info["loss"], protocol=cfg.protocol,
-                         update_norm=norm, layer_norms=per_layer, defenses={"secagg": shared}, metrics=info)
+    def on_aggregate(before: dict[str, np.ndarray], agg: ClientUpdate) -> None:
+        norm, per_layer = update_norms(before, {k: np.asarray(v) for k, v in agg.arrays.items()})
+        store.add_client_update(agg, node_id=0, protocol=cfg.protocol, update_norm=norm, layer_norms=per_layer,
+                                defenses=shared)
         if dispatcher is not None:
-            dispatcher.observe_round(rnd, before, [(None, aggregate_reply(agg, info))],
-                                     aggregate_size=int(info["aggregate_size"]))
+            dispatcher.observe_round(agg.round, before, [agg], aggregate_size=int(agg.aggregate_size or 1))
 
     state = {k: v.numpy() for k, v in model.state_dict().items()}
     strategy = AggregateOnlyFedAvg(cfg, list(state), state, user_of_node=user_of_node, on_aggregate=on_aggregate,

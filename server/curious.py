@@ -10,14 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
 
 from attacks.methods import method_config
 from fl_sim.core.config import RunConfig
+from fl_sim.core.defenses import shared_record
 from fl_sim.core.models import Head
+from fl_sim.core.records import AttackResult, ClientUpdate
 from fl_sim.core.store import RunStore
 from server.observe import RoundReplies
 from server.strategy import RecordingStrategy
@@ -28,16 +28,9 @@ _STOP = object()
 NO_SIGNAL = "no-signal"  # an attack not run: the update carries no information about its user
 
 
-def no_signal(global_state: dict[str, Any], reply: Message) -> str | None:
-    """Why a reply's update carries nothing to attack (None if it does): its training saw no
-    labelled example (the client says so), or it is exactly the global model."""
-    metrics = dict(reply.content["metrics"])
-    if int(metrics.get("labelled-examples", 1)) == 0:
-        return "no signal: the user's training saw no labelled example (every label unknown)"
-    arrays = reply.content["arrays"]
-    if all(np.array_equal(np.asarray(arrays[k].numpy()), np.asarray(global_state[k])) for k in global_state):
-        return "no signal: the update is exactly zero (norm 0)"
-    return None
+def no_signal(global_state: dict[str, Any], update: ClientUpdate) -> str | None:
+    """Why an update carries nothing to attack (None if it does): see ``ClientUpdate.no_signal``."""
+    return update.no_signal(global_state)
 
 
 @dataclass
@@ -111,7 +104,7 @@ class AttackDispatcher:
                 self._in_flight = max(0, self._in_flight - n)
                 self._cond.notify_all()
 
-    def observe_round(self, rnd: int, global_state: dict[str, Any], replies: list[tuple[str | None, Message]],
+    def observe_round(self, rnd: int, global_state: dict[str, Any], replies: list[ClientUpdate],
                       aggregate_size: int = 1) -> None:
         """Hand this round's replies to the pump (started on first use). Blocks only when the queue
         is full and ``when_full`` is ``wait``; with ``drop`` the round's attacks are recorded dropped."""
@@ -129,27 +122,26 @@ class AttackDispatcher:
         self._inbox.put((rnd, global_state, replies, aggregate_size, dropped))
 
     # -- the work --------------------------------------------------------------------------
-    def _dispatch(self, rnd: int, global_state: dict[str, Any], replies: list[tuple[str | None, Message]],
+    def _dispatch(self, rnd: int, global_state: dict[str, Any], replies: list[ClientUpdate],
                   aggregate_size: int, dropped: bool) -> bool:
         """Make the round's job and submit it (or record it dropped); False if nobody was chosen."""
         a = self.cfg.attack
         chosen = set(self.cfg.attacked_users(self.users)) if aggregate_size == 1 else None
-        picked = [(u, m) for u, m in replies if chosen is None or u in chosen]
+        picked = [u for u in replies if chosen is None or u.user in chosen]
         # An update that carries nothing is recorded as such, never attacked and scored as if it did.
-        silent = [(u, m, why) for u, m in picked if (why := no_signal(global_state, m)) is not None]
+        silent = [(u, why) for u in picked if (why := no_signal(global_state, u)) is not None]
         if silent:
-            self.store.add_attacks([{"rnd": rnd, "user": u if aggregate_size == 1 else None, "method": meth,
+            self.store.add_attacks([{"rnd": rnd, "user": u.user if aggregate_size == 1 else None, "method": meth,
                                      "status": NO_SIGNAL, "aggregate_size": aggregate_size,
-                                     "defenses": self._defenses_of(u if aggregate_size == 1 else None), "error": why}
-                                    for u, _, why in silent for meth in a.methods])
-            picked = [(u, m) for u, m in picked if all(m is not s[1] for s in silent)]
+                                     "defenses": self._defenses_of(u.user if aggregate_size == 1 else None),
+                                     "error": why}
+                                    for u, why in silent for meth in a.methods])
+            picked = [u for u in picked if all(u is not s[0] for s in silent)]
         if not picked:
             return False
-        targets = [u if aggregate_size == 1 else None for u, _ in picked]
+        targets = [u.user if aggregate_size == 1 else None for u in picked]
         # Plain arrays only: the worker builds the observations (the server's round does not wait on that).
-        obs = RoundReplies(self.cfg, self.heads, rnd, global_state,
-                           [{k: v.numpy() for k, v in m.content["arrays"].items()} for _, m in picked],
-                           [dict(m.content["metrics"]) for _, m in picked], targets, aggregate_size)
+        obs = RoundReplies(self.cfg, self.heads, rnd, global_state, picked, targets, aggregate_size)
         keys = [(t, m) for t in targets for m in a.methods]
         ids = dict(zip(keys, self.store.add_attacks([{"rnd": rnd, "user": t, "method": m, "status": "queued",
                                                       "aggregate_size": aggregate_size,
@@ -174,8 +166,7 @@ class AttackDispatcher:
         if user is not None:
             return self.defenses.get(user, {})
         # An aggregate: the defenses every user shares (SecAgg+ is federation-wide).
-        recs = list(self.defenses.values())
-        return {k: v for k, v in (recs[0] if recs else {}).items() if all(r.get(k) == v for r in recs)}
+        return shared_record(self.defenses)
 
     def _wait_until_alive(self, timeout: float = 60.0) -> None:
         """A job sent while Ray restarts the worker would fail unrun: wait for the worker first."""
@@ -216,17 +207,15 @@ class AttackDispatcher:
         for p in [p for p in self.pending if p.future in done]:
             try:
                 outcome: AttackOutcome = ray.get(p.future)
-                rows = outcome.results
+                results = outcome.results
             except Exception as exc:  # noqa: BLE001 - the worker died (or was restarting) mid-job: Ray restarts it
                 err = f"{exc.__class__.__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-                rows = [{"target": t, "method": m, "status": "failed", "error": f"attack worker died mid-job: {err}"}
-                        for (t, m) in p.attack_ids]
+                results = [AttackResult(t, m, "failed", error=f"attack worker died mid-job: {err}")
+                           for (t, m) in p.attack_ids]
                 self._worker_died = True
             finished.append(p)
-            for row in rows:
-                aid = p.attack_ids[(row["target"], row["method"])]
-                self.store.update_attack(aid, status=row["status"], metrics=row.get("metrics"), image=row.get("image"),
-                                         error=row.get("error"), commit=False)
+            for res in results:
+                self.store.record_attack(p.attack_ids[(res.target, res.method)], res, commit=False)
             self.store.commit()  # one commit per job
         self.pending = [p for p in self.pending if p not in finished]
         self._mark_head_running()
@@ -262,10 +251,10 @@ class CuriousStrategy(RecordingStrategy):
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         result = super().aggregate_train(server_round, replies)
-        ok = [(self.user_of_node.get(m.metadata.src_node_id), m) for m in replies if not m.has_error()]
-        # User order, not arrival order: a batched attack draws its noise per batch position, so the
-        # same user must sit at the same position for the same seed to give the same reconstruction.
-        ok.sort(key=lambda um: str(um[0]))
+        # User order, not arrival order (the base reads them in that order): a batched attack draws its
+        # noise per batch position, so the same user must sit at the same position for the same seed to
+        # give the same reconstruction.
+        ok = list(self._updates)
         self.dispatcher.observe_round(server_round, self._global, ok)
         return result
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -11,6 +12,7 @@ import torch
 
 from attacks.observation import Observation
 from fl_sim.core.config import RunConfig
+from fl_sim.core.records import ClientUpdate
 from fl_sim.core.models import Head, build_model, task_loss
 
 
@@ -27,19 +29,24 @@ def global_model(cfg: RunConfig, heads: list[Head], global_state: dict[str, Any]
 
 
 def build_observation(cfg: RunConfig, heads: list[Head], global_state: dict[str, Any], client_state: dict[str, Any],
-                      metrics: dict[str, Any], *, rnd: int, user: str | None, aggregate_size: int = 1,
+                      metrics: Mapping[str, Any] | ClientUpdate, *, rnd: int, user: str | None,
+                      aggregate_size: int = 1,
                       shared: tuple[torch.nn.Module, dict[str, torch.Tensor]] | None = None) -> Observation:
     """The observation of one reply: only public facts (config, task, weights) and the update.
 
-    ``shared``: the round's ``global_model(...)``, built once for all of a round's replies.
+    ``metrics``: the reply's figures (a ``ClientUpdate``, or metric names as a client reports them;
+    absent ones default to the run's). ``shared``: the round's ``global_model(...)``, built once for
+    all of a round's replies.
     """
+    figures = metrics if isinstance(metrics, ClientUpdate) else ClientUpdate.from_metrics(
+        metrics, user=user, round=rnd, arrays=client_state, num_examples=cfg.data.photos_per_user, lr=cfg.lr)
     model, params = shared or global_model(cfg, heads, global_state)
     update = {k: params[k] - _t(client_state[k]).float() for k in params}
     return Observation(
         model=model, global_params=params, update=update, protocol=cfg.protocol,
-        num_examples=int(metrics.get("num-examples", cfg.data.photos_per_user)), lr=float(metrics.get("lr", cfg.lr)),
+        num_examples=figures.num_examples, lr=figures.lr,
         loss_fn=partial(task_loss, heads=heads), heads=tuple((h.name, len(h.classes)) for h in heads),
-        image_shape=(3, cfg.data.image_size, cfg.data.image_size), local_steps=int(metrics.get("local-steps", 1)),
+        image_shape=(3, cfg.data.image_size, cfg.data.image_size), local_steps=figures.local_steps,
         local_epochs=cfg.local_epochs, local_batch_size=cfg.local_batch_size, aggregate_size=aggregate_size,
         round=rnd, user=user)
 
@@ -53,13 +60,12 @@ class RoundReplies:
     heads: list[Head]
     rnd: int
     global_state: dict[str, Any]
-    client_states: list[dict[str, Any]]
-    metrics: list[dict[str, Any]]
-    users: list[str | None]
+    updates: list[ClientUpdate]
+    users: list[str | None]  # the target of each (None for an aggregate)
     aggregate_size: int = 1
 
     def observations(self) -> list[Observation]:
         shared = global_model(self.cfg, self.heads, self.global_state)  # one model for the whole round
-        return [build_observation(self.cfg, self.heads, self.global_state, cs, m, rnd=self.rnd, user=u,
-                                  aggregate_size=self.aggregate_size, shared=shared)
-                for cs, m, u in zip(self.client_states, self.metrics, self.users)]
+        return [build_observation(self.cfg, self.heads, self.global_state, dict(up.arrays), up, rnd=self.rnd,
+                                  user=u, aggregate_size=self.aggregate_size, shared=shared)
+                for up, u in zip(self.updates, self.users)]

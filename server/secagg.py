@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.app import Context
 from flwr.common import FitIns, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.strategy import FedAvg as LegacyFedAvg
 
 from fl_sim.core.config import RunConfig
+from fl_sim.core.defenses import aggregate_only
+from fl_sim.core.flwr_records import read_fitres
+from fl_sim.core.records import ClientUpdate
 
 
 class AggregateOnlyFedAvg(LegacyFedAvg):
@@ -26,7 +28,7 @@ class AggregateOnlyFedAvg(LegacyFedAvg):
 
     def __init__(self, cfg: RunConfig, keys: list[str], initial: dict[str, np.ndarray], *,
                  user_of_node: dict[int, str],
-                 on_aggregate: Callable[[int, dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]], None],
+                 on_aggregate: Callable[[dict[str, np.ndarray], ClientUpdate], None],
                  on_round: Callable[[int, dict[str, Any]], None],
                  utility: Callable[[dict[str, torch.Tensor]], dict[str, Any]]) -> None:
         super().__init__(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=1, min_evaluate_clients=0,
@@ -59,13 +61,13 @@ class AggregateOnlyFedAvg(LegacyFedAvg):
             raise RuntimeError(f"SecAgg+ round {server_round} produced no aggregate")
         agg = dict(zip(self.keys, parameters_to_ndarrays(params), strict=True))
         # Only what an aggregate tells: the count of users and examples, and the shared local schedule.
-        fit = [r for _, r in results]
-        info = {"aggregate_size": len(fit), "num-examples": int(sum(r.num_examples for r in fit)),
-                "local-steps": int(fit[0].metrics.get("local-steps", 1)), "lr": self.cfg.lr,
-                "loss": float(np.average([float(r.metrics.get("loss", np.nan)) for r in fit],
-                                         weights=[r.num_examples for r in fit]))}
-        self._train, self._n = {"loss": info["loss"]}, len(fit)
-        self.on_aggregate(server_round, self._global, agg, info)
+        fit = [read_fitres(r, round=server_round) for _, r in results]
+        update = ClientUpdate(user=None, round=server_round, arrays=agg, aggregate_size=len(fit),
+                              num_examples=int(sum(r.num_examples for r in fit)), local_steps=fit[0].local_steps,
+                              lr=self.cfg.lr, loss=float(np.average([r.loss for r in fit],
+                                                                    weights=[r.num_examples for r in fit])))
+        self._train, self._n = {"loss": update.loss}, len(fit)
+        self.on_aggregate(self._global, update)
         self.final = agg
         return params, {}
 
@@ -81,20 +83,14 @@ class AggregateOnlyFedAvg(LegacyFedAvg):
         return float(ev["metrics"].get("loss", 0.0)), {}
 
 
-def aggregate_reply(agg: dict[str, np.ndarray], info: dict[str, Any]) -> Any:
-    """The aggregate in the shape the attack dispatcher reads from a reply (content arrays + metrics)."""
-    return SimpleNamespace(content={"arrays": ArrayRecord({k: torch.from_numpy(v.copy()) for k, v in agg.items()}),
-                                    "metrics": MetricRecord({k: v for k, v in info.items()})})
-
-
 def run_secagg(grid: Any, context: Context, cfg: RunConfig, strategy: AggregateOnlyFedAvg) -> None:
-    """Run ``cfg.rounds`` rounds of Flower's DefaultWorkflow with SecAgg+ as the fit workflow."""
+    """Run ``cfg.rounds`` rounds of Flower's DefaultWorkflow with the defense's (SecAgg+'s) fit workflow."""
     from flwr.server import LegacyContext, ServerConfig
-    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+    from flwr.server.workflow import DefaultWorkflow
 
-    s = cfg.defenses.secagg
+    agg_only = aggregate_only(cfg)
+    if agg_only is None:
+        raise RuntimeError("no aggregate-only defense is on")
+    defense, section = agg_only
     legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.rounds), strategy=strategy)
-    shares: int | float = s.num_shares if s.num_shares else 1.0  # 1.0: every client in the round
-    DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(num_shares=shares,
-                                                    reconstruction_threshold=s.reconstruction_threshold))(grid, legacy)
-
+    DefaultWorkflow(fit_workflow=defense.fit_workflow(section, cfg))(grid, legacy)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
+
+from fl_sim.core.flwr_records import read_evaluation, read_update
+from fl_sim.core.records import ClientUpdate
 
 
 class SeededFedAvg(FedAvg):
@@ -52,17 +55,21 @@ def update_norms(before: dict[str, np.ndarray], after: dict[str, np.ndarray]) ->
 class RecordingStrategy(Strategy):
     """Wraps any strategy; records each client reply and each round's utility, changes nothing.
 
-    ``on_update(round, user, node_id, global_arrays, reply)`` and ``on_round(round, record)``
-    are the hooks the run store (and the curious server) attach to.
+    ``on_update(node_id, global_arrays, update)`` (each reply, read once into a ``ClientUpdate``) and
+    ``on_round(round, record)`` are the hooks the run store (and the curious server) attach to.
     """
 
     def __init__(self, inner: Strategy, *, user_of_node: dict[int, str],
-                 on_update: Callable[[int, str | None, int, dict[str, np.ndarray], Message], None],
-                 on_round: Callable[[int, dict[str, Any]], None]) -> None:
+                 on_update: Callable[[int, dict[str, np.ndarray], ClientUpdate], None],
+                 on_round: Callable[[int, dict[str, Any]], None],
+                 defenses: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        """``defenses``: each user's defense record (the names go into their updates)."""
         self.inner = inner
         self.user_of_node = user_of_node
         self.on_update = on_update
         self.on_round = on_round
+        self.defenses = defenses or {}
+        self._updates: list[ClientUpdate] = []  # this round's replies, in user order
         self._global: dict[str, np.ndarray] = {}
         self._round_start = 0.0
         self._train_metrics: dict[str, Any] = {}
@@ -95,9 +102,14 @@ class RecordingStrategy(Strategy):
         # Replies arrive in whatever order the actors finish; summing them in user order makes the
         # aggregate bit-for-bit the same from run to run (float addition is not associative).
         replies.sort(key=lambda m: str(self.user_of_node.get(m.metadata.src_node_id, m.metadata.src_node_id)))
+        self._updates = []
         for msg in replies:
             node = msg.metadata.src_node_id
-            self.on_update(server_round, self.user_of_node.get(node), node, self._global, msg)
+            user = self.user_of_node.get(node)
+            update = read_update(msg.content, user=user, round=server_round,
+                                 defenses=tuple(self.defenses.get(user or "", {})))
+            self._updates.append(update)
+            self.on_update(node, self._global, update)
         arrays, metrics = self.inner.aggregate_train(server_round, replies)
         self._train_metrics = dict(metrics) if metrics is not None else {}
         self._n_clients = len(replies)
@@ -113,7 +125,7 @@ class RecordingStrategy(Strategy):
         per_user = {}
         for msg in replies:
             if not msg.has_error():
-                m = dict(msg.content["metrics"])
+                m = read_evaluation(msg.content)
                 per_user[self.user_of_node.get(msg.metadata.src_node_id, str(msg.metadata.src_node_id))] = m.get("accuracy")
         self._eval = {"metrics": dict(metrics) if metrics is not None else {}, "per_user_accuracy": per_user}
         return metrics

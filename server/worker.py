@@ -18,6 +18,7 @@ import torch
 
 from attacks.methods import AttackConfig, run_attack
 from attacks.observation import Observation
+from fl_sim.core.records import AttackResult
 from server.observe import RoundReplies
 
 
@@ -47,7 +48,7 @@ class AttackOutcome:
 
     job_id: int
     round: int
-    results: list[dict[str, Any]] = field(default_factory=list)
+    results: list[AttackResult] = field(default_factory=list)
     error: str | None = None
 
 
@@ -122,11 +123,12 @@ class AttackWorker:
             out.results = self._score(job, recs)
         except Exception as exc:  # noqa: BLE001 - recorded as the job's failure, with its error
             out.error = f"{exc.__class__.__name__}: {exc}"
-            out.results = [{"target": t, "method": m, "status": "failed", "error": out.error,
-                            "trace": traceback.format_exc(limit=3)} for t in job.targets for m in job.methods]
+            trace = traceback.format_exc(limit=3)
+            out.results = [AttackResult(t, m, "failed", error=out.error, trace=trace)
+                           for t in job.targets for m in job.methods]
         return out
 
-    def _score(self, job: AttackJob, recs: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    def _score(self, job: AttackJob, recs: dict[str, list[Any]]) -> list[AttackResult]:
         """The only place ground truth is touched: loaded here, after the attacks returned."""
         from PIL import Image
 
@@ -143,7 +145,7 @@ class AttackWorker:
         truth = self._truth[key]
         img_dir = Path(job.run_dir) / "attacks"
         img_dir.mkdir(parents=True, exist_ok=True)
-        rows = []
+        rows: list[AttackResult] = []
         for method, rs in recs.items():
             images = torch.stack([r.image for r in rs])
             scores = score(images, job.targets, truth)
@@ -151,9 +153,9 @@ class AttackWorker:
                 name = f"r{job.round:03d}_{t or 'aggregate'}_{method}.png"
                 # Native size, no frame: panels upscale on display; scores come from the tensor itself.
                 Image.fromarray(to_uint8_hwc(r.image[None])[0]).save(img_dir / name)
-                rows.append({"target": t, "method": method, "status": "finished", "image": f"attacks/{name}",
-                             "metrics": {**s, "labels": r.labels, "seconds": r.seconds, "final_loss": r.final_loss},
-                             "error": None})
+                rows.append(AttackResult(t, method, "finished", image=f"attacks/{name}",
+                                         metrics={**s, "labels": r.labels, "seconds": r.seconds,
+                                                  "final_loss": r.final_loss}))
         return rows
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-Scalar = Union[int, float, str, bool]
+Number = Union[int, float]
 # A reply's weights: torch tensors where the client made them, numpy arrays where the server read them.
 Arrays = Union[Mapping[str, torch.Tensor], Mapping[str, npt.NDArray[Any]]]
 
@@ -41,9 +41,9 @@ class PrivacyFigures:
     steps: int
     epsilon: float | None = None
 
-    def to_metrics(self) -> dict[str, Scalar]:
+    def to_metrics(self) -> dict[str, Number]:
         """The ``dp-*`` keys, in the order the reply (and the store) lists them."""
-        out: dict[str, Scalar] = {"dp-noise-multiplier": float(self.noise_multiplier),
+        out: dict[str, Number] = {"dp-noise-multiplier": float(self.noise_multiplier),
                                   "dp-max-grad-norm": float(self.max_grad_norm), "dp-delta": float(self.delta),
                                   "dp-sample-rate": float(self.sample_rate), "dp-steps": int(self.steps)}
         if self.epsilon is not None and math.isfinite(self.epsilon):
@@ -81,9 +81,9 @@ class ClientUpdate:
     privacy: PrivacyFigures | None = None
     aggregate_size: int | None = None  # None: one user's reply
 
-    def metrics(self) -> dict[str, Scalar]:
+    def metrics(self) -> dict[str, Number]:
         """The reply's metrics: the same keys in every reply (Flower's FedAvg aggregates only those)."""
-        out: dict[str, Scalar] = {}
+        out: dict[str, Number] = {}
         if self.aggregate_size is not None:
             out[AGGREGATE_SIZE] = self.aggregate_size
         out.update({NUM_EXAMPLES: self.num_examples, LOCAL_STEPS: self.local_steps, LR: self.lr, LOSS: self.loss})
@@ -93,11 +93,11 @@ class ClientUpdate:
             out[PARTITION_ID] = self.partition_id
         return out
 
-    def privacy_metrics(self) -> dict[str, Scalar]:
+    def privacy_metrics(self) -> dict[str, Number]:
         """The ``dp-*`` figures (empty without DP-SGD): they travel apart, as defenses differ per user."""
         return self.privacy.to_metrics() if self.privacy is not None else {}
 
-    def stored_metrics(self) -> dict[str, Scalar]:
+    def stored_metrics(self) -> dict[str, Number]:
         """Everything the reply said, as the store's ``updates.metrics`` keeps it."""
         return {**self.metrics(), **self.privacy_metrics()}
 

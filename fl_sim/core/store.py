@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fl_sim.core.records import AttackResult, ClientUpdate
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS run (
     id TEXT PRIMARY KEY, created REAL, status TEXT, pid INTEGER, config TEXT,
@@ -106,6 +108,14 @@ class RunStore:
             (rnd, user, str(node_id), num_examples, local_steps, lr, loss, protocol, update_norm,
              json.dumps(layer_norms), json.dumps(defenses or {}), json.dumps(metrics or {})))
 
+    def add_client_update(self, update: ClientUpdate, *, node_id: int, protocol: str, update_norm: float,
+                          layer_norms: dict[str, float], defenses: dict[str, Any] | None = None) -> int:
+        """One received update (a user's reply, or an aggregate with ``user`` null) and what it said."""
+        return self.add_update(rnd=update.round, user=update.user, node_id=node_id, num_examples=update.num_examples,
+                               local_steps=update.local_steps, lr=update.lr, loss=update.loss, protocol=protocol,
+                               update_norm=update_norm, layer_norms=layer_norms, defenses=defenses,
+                               metrics=dict(update.stored_metrics()))
+
     def add_attack(self, *, rnd: int, user: str | None, method: str, status: str, aggregate_size: int = 1,
                    defenses: dict[str, Any] | None = None) -> int:
         return self.add_attacks([{"rnd": rnd, "user": user, "method": method, "status": status,
@@ -141,6 +151,11 @@ class RunStore:
                                                           attack_id))
         if commit:
             self._db.commit()
+
+    def record_attack(self, attack_id: int, result: AttackResult, *, commit: bool = True) -> None:
+        """An attack's result from the worker (status, metrics, image, error)."""
+        self.update_attack(attack_id, status=result.status, metrics=result.metrics, image=result.image,
+                           error=result.error, commit=commit)
 
     def commit(self) -> None:
         self._db.commit()
@@ -193,7 +208,7 @@ class RunStore:
 
 def list_runs(runs_dir: Path) -> list[dict[str, Any]]:
     """A summary row for every run folder, newest first; unreadable folders say so."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     if not runs_dir.exists():
         return rows
     for d in sorted((p for p in runs_dir.iterdir() if p.is_dir()), key=lambda p: p.name, reverse=True):
