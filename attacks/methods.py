@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
@@ -66,7 +67,7 @@ def register_attack(name: str, defaults: AttackConfig | None = None, help: str =
     return deco
 
 
-def method_config(name: str, **overrides: object) -> AttackConfig:
+def method_config(name: str, **overrides: Any) -> AttackConfig:
     """The method's registered defaults with ``overrides`` applied (unknown keys raise)."""
     if name not in ATTACKS:
         raise ValueError(f"unknown attack {name!r} (known: {', '.join(sorted(ATTACKS))})")
@@ -145,7 +146,8 @@ def _optimise(method: str, observations: list[Observation], cfg: AttackConfig,
         for it in range(cfg.iterations):
             opt.zero_grad(set_to_none=True)
             loss = objective(pb, x)
-            loss.sum().backward()
+            loss.sum().backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
+            assert x.grad is not None
             if step_hook is not None:
                 x.grad = step_hook(it, x.detach(), x.grad)
             elif signed:
@@ -215,7 +217,10 @@ def diffusion(observations: list[Observation], prior: DiffusionPrior | None,
     gen = torch.Generator().manual_seed(cfg.seed)
     size = observations[0].image_shape[-1]
 
-    unit = lambda g: g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)  # noqa: E731
+    def unit(g: torch.Tensor) -> torch.Tensor:
+        scaled: torch.Tensor = g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        return scaled
+
     held: list[torch.Tensor] = []
 
     def hook(it: int, x: torch.Tensor, g_match: torch.Tensor) -> torch.Tensor:
@@ -262,7 +267,7 @@ def _diffusion_latent(observations: list[Observation], prior: DiffusionPrior, cf
             opt.zero_grad(set_to_none=True)
             x0 = prior.from_prior(prior.x0(x_t, t).cpu(), size)
             loss = _matching(pb, x0, cosine=True)
-            loss.sum().backward()
+            loss.sum().backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
             opt.step()
             for b, v in enumerate(loss.detach()):
                 traces[b].append(float(v))

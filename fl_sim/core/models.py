@@ -107,7 +107,8 @@ class ConvNet(nn.Module):
         self.classifier = nn.Linear(4 * width * 16, n_outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x).flatten(1))
+        out: torch.Tensor = self.classifier(self.features(x).flatten(1))
+        return out
 
 
 class _Block(nn.Module):
@@ -138,7 +139,8 @@ class ResNet(nn.Module):
         self.classifier = nn.Linear(4 * width, n_outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.pool(self.stages(self.stem(x))).flatten(1))
+        out: torch.Tensor = self.classifier(self.pool(self.stages(self.stem(x))).flatten(1))
+        return out
 
 
 @register_model("mlp", "fully connected first layer, for analytic leakage")
@@ -154,7 +156,8 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.relu(self.fc1(x.flatten(1)))
-        return self.classifier(F.relu(self.fc2(h)))
+        out: torch.Tensor = self.classifier(F.relu(self.fc2(h)))
+        return out
 
 
 def build_model(name: str, heads: list[Head], image_size: int, width: int, seed: int, norm: str = "group") -> nn.Module:
