@@ -83,7 +83,7 @@ def sweep(config: Optional[Path] = CONFIG, set_: Optional[list[str]] = typer.Opt
         return
     t = Table(title=f"sweep over {doc['param']} ({doc['sweep_id']})")
     from fl_sim.core.scoring import EVALUATORS
-    from fl_sim.core.stats import format_ci
+    from fl_sim.core.fmt import format_ci
 
     for c in (doc["param"], "epsilon", "accuracy", "identity gain", *(f"re-id ({ev})" for ev in EVALUATORS), "gender",
               "strongest", "run"):
@@ -287,7 +287,7 @@ def _attack_rich_table(rows: list[dict[str, Any]], title: str) -> None:
 def _summary_lines(summary: list[dict[str, Any]]) -> None:
     """Per round and method, both evaluators with 95 % intervals over users; a disagreement is flagged."""
     from fl_sim.core.scoring import EVALUATORS
-    from fl_sim.core.stats import format_ci as ci
+    from fl_sim.core.fmt import format_ci as ci
 
     for e in summary:
         if not e["finished"]:
@@ -534,7 +534,7 @@ def bench_attack_cmd(users: int = typer.Option(20, "--users"), batch_sizes: str 
     for c in ("round", "method", "evaluator", "batch", "re-id top-1", "mean rank", "identity gain", "null re-id",
               "gender acc", "s/user"):
         t.add_column(c)
-    from fl_sim.core.stats import format_ci as ci
+    from fl_sim.core.fmt import format_ci as ci
 
     for r in res["rows"]:
         t.add_row(str(r["round"]), r["method"], r["evaluator"], str(r["batch_size"]), ci(r["reid_top1"], r["reid_top1_ci"]),
