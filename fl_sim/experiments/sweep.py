@@ -158,7 +158,8 @@ def run_sweep(config: Path | None, overrides: list[str], grid: list[tuple[str, l
             row["error"] = res.error
         rows.append(row)
         if progress:
-            progress(f"    eps {number(row.get('epsilon'), nonfinite=None)}  accuracy {format_ci(row.get('accuracy'), row.get('accuracy_ci'), 3)}  "
+            progress(f"    eps {number(row.get('epsilon'), nonfinite=None)}  "
+                     f"accuracy {format_ci(row.get('accuracy'), row.get('accuracy_ci'), 3)}  "
                      f"identity gain {format_ci(row.get('identity_gain'), row.get('identity_gain_ci'), 3)}  re-id "
                      f"{format_ci(row.get('reid_top1'), row.get('reid_top1_ci'), 2)}  ({res.run_id})")
     n_users = points[0][1].users
