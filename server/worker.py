@@ -100,10 +100,10 @@ class AttackWorker:
         return os.getpid()
 
     def _prior(self, spec: str) -> Any:
-        from attacks.priors import load_prior
+        from fl_sim.core.priors import open_prior
 
         if spec not in self._priors:
-            self._priors[spec] = load_prior(spec)
+            self._priors[spec] = open_prior(spec)
         return self._priors[spec]
 
     def run_job(self, job: AttackJob) -> AttackOutcome:

@@ -61,7 +61,7 @@ def test_dp_sgd_epsilon_in_the_store_equals_opacus_accountant_and_defenses_diffe
     assert eps[1] > eps[0]  # cumulative across rounds, not restarted
     assert all(r["accuracy"] is not None for r in doc["rounds"])  # utility recorded beside the privacy cost
     # `fl-sim audit --run` audits exactly these settings: mu = 1/z, labelled with the run's final epsilon
-    from fl_sim.cli.audit import run_settings
+    from fl_sim.experiments.audit import run_settings
 
     mus, labels, data_spec, _ = run_settings(res.run_dir)
     assert mus == [pytest.approx(1 / 1.3)] and labels == [pytest.approx(eps[1])] and data_spec.startswith("folder:")

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias, overload
 
 import torch
 import torch.nn.functional as F
+
+
+# A timestep: one for the whole batch, or one per sample (a long tensor of shape (B,)).
+Timestep: TypeAlias = int | torch.Tensor
+# Edits a step's clean-image estimate: (t, x_t, x̂0) -> x̂0'.
+X0Hook: TypeAlias = Callable[[Timestep, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class PriorError(ValueError):
@@ -143,51 +149,71 @@ class DiffusionPrior:
         return x0.clamp(-1, 1) if clip else x0
 
     # -- reverse process -------------------------------------------------------------------
-    def ddim_step(self, x_t: torch.Tensor, t: int, t_prev: int, eta: float = 0.0,
-                  generator: torch.Generator | None = None) -> DdimStep:
-        """One DDIM step t -> t_prev (t_prev < 0 means the clean image)."""
-        eps, x0 = self.predict(x_t, t)
+    def _ab(self, t: Timestep) -> torch.Tensor:
+        """ᾱ_t in float64 on the schedule's device: a 0-d tensor for an int t, one per sample for a tensor."""
+        return self.alphas_cumprod[torch.as_tensor(t, device=self.alphas_cumprod.device).long()]
+
+    def ddim_step(self, x_t: torch.Tensor, t: Timestep, t_prev: Timestep, eta: float = 0.0,
+                  generator: torch.Generator | None = None, hook: X0Hook | None = None) -> DdimStep:
+        """One DDIM step t -> t_prev (t_prev < 0 means the clean image).
+
+        ``t`` and ``t_prev`` are ints, or one timestep per sample (tensors of shape (B,)), so a batch
+        whose images start at different noise levels steps together. ``hook(t, x_t, x̂0) -> x̂0'`` may
+        edit the clipped clean estimate (data consistency); the result is clipped again. With eta > 0
+        the step draws fresh noise from ``generator`` (on the generator's device, then moved).
+        """
+        _, x0 = self.predict(x_t, t)
         x0 = x0.clamp(-1, 1)
-        if t_prev < 0:
+        if hook is not None:
+            x0 = hook(t, x_t, x0).clamp(-1, 1)
+        if bool((torch.as_tensor(t_prev) < 0).all()):
             return DdimStep(x0, x0)
-        ab_t, ab_p = float(self.alphas_cumprod[t]), float(self.alphas_cumprod[t_prev])
+        # Coefficients in float64, cast once: the same numbers whether t is an int or per sample.
+        ab_t, ab_p = self._ab(t), self._ab(t_prev)
+        sigma = eta * ((1 - ab_p) / (1 - ab_t).clamp_min(1e-12) * (1 - ab_t / ab_p)).clamp_min(0).sqrt()
         # Re-derive ε from the clipped x̂0 so the step stays consistent with it.
-        eps = (x_t - math.sqrt(ab_t) * x0) / math.sqrt(max(1 - ab_t, 1e-12))
-        sigma = eta * math.sqrt(max((1 - ab_p) / (1 - ab_t) * (1 - ab_t / ab_p), 0.0))
-        dir_xt = math.sqrt(max(1 - ab_p - sigma ** 2, 0.0)) * eps
-        prev = math.sqrt(ab_p) * x0 + dir_xt
-        if sigma > 0:
-            prev = prev + sigma * torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+        eps = (x_t - self._col(ab_t.sqrt(), x_t) * x0) / self._col((1 - ab_t).clamp_min(1e-12).sqrt(), x_t)
+        prev = self._col(ab_p.sqrt(), x_t) * x0 + self._col((1 - ab_p - sigma ** 2).clamp_min(0).sqrt(), x_t) * eps
+        if eta > 0:
+            where = generator.device if generator is not None else x_t.device
+            noise = torch.randn(x_t.shape, generator=generator, device=where, dtype=x_t.dtype).to(x_t.device)
+            prev = prev + self._col(sigma, x_t) * noise
         return DdimStep(prev, x0)
 
     @torch.no_grad()
-    def ddim(self, x_t: torch.Tensor, t_start: int, steps: int = 50, eta: float = 0.0,
-             hook: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-             generator: torch.Generator | None = None) -> torch.Tensor:
-        """Run DDIM from ``x_t`` at ``t_start`` down to a clean image.
+    def ddim(self, x_t: torch.Tensor, t_start: Timestep, steps: int = 50, eta: float = 0.0,
+             hook: X0Hook | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Run DDIM from ``x_t`` at ``t_start`` (an int, or one per sample) down to a clean image.
 
-        ``hook(t, x_t, x̂0) -> x̂0'`` may edit each step's clean estimate (data consistency).
+        ``hook(t, x_t, x̂0) -> x̂0'`` may edit each step's clean estimate (data consistency); ``eta``
+        > 0 makes the steps stochastic (noise from ``generator``).
         """
-        ts = self.timesteps(t_start, steps)
+        ts: list[Timestep] = list(self.timesteps(t_start, steps))
         x = x_t
         for i, t in enumerate(ts):
             t_prev = ts[i + 1] if i + 1 < len(ts) else -1
-            if hook is None:
-                x = self.ddim_step(x, t, t_prev, eta, generator).prev_sample
-                continue
-            eps, x0 = self.predict(x, t)
-            x0 = hook(t, x, x0.clamp(-1, 1)).clamp(-1, 1)
-            if t_prev < 0:
-                x = x0
-                continue
-            ab_t, ab_p = float(self.alphas_cumprod[t]), float(self.alphas_cumprod[t_prev])
-            eps = (x - math.sqrt(ab_t) * x0) / math.sqrt(max(1 - ab_t, 1e-12))
-            x = math.sqrt(ab_p) * x0 + math.sqrt(1 - ab_p) * eps
+            x = self.ddim_step(x, t, t_prev, eta, generator, hook).prev_sample
         return x
 
     @staticmethod
-    def timesteps(t_start: int, steps: int) -> list[int]:
-        """Descending, evenly spaced timesteps from ``t_start`` to 0 (at most t_start + 1 of them)."""
+    @overload
+    def timesteps(t_start: int, steps: int) -> list[int]: ...
+
+    @staticmethod
+    @overload
+    def timesteps(t_start: torch.Tensor, steps: int) -> list[torch.Tensor]: ...
+
+    @staticmethod
+    def timesteps(t_start: Timestep, steps: int) -> list[int] | list[torch.Tensor]:
+        """Descending, evenly spaced timesteps from ``t_start`` toward 0: round(t_start·(1 − i/steps)).
+
+        An int start: distinct values only (at most t_start + 1 of them). A per-sample tensor start:
+        exactly ``steps`` tensors, so every sample takes the same number of steps; a repeated value
+        is a step from t to t, which leaves the sample as it is.
+        """
+        if isinstance(t_start, torch.Tensor):
+            t0 = t_start.double()
+            return [torch.round(t0 * (1 - i / steps)).long() for i in range(max(1, steps))]
         steps = max(1, min(steps, t_start + 1))
         return sorted({int(round(t_start * (1 - i / steps))) for i in range(steps)}, reverse=True)
 

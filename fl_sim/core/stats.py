@@ -67,12 +67,3 @@ def paired_difference(a: dict[str, float], b: dict[str, float], **kw: float) -> 
 def intervals_overlap(a: Sequence[float], b: Sequence[float]) -> bool:
     """Whether two [low, high] intervals share a point."""
     return not (a[1] < b[0] or b[1] < a[0])
-
-
-def format_ci(value: float | None, ci: Sequence[float] | None, nd: int = 2) -> str:
-    """A figure with its interval as printed everywhere, e.g. ``0.88 [0.75, 0.97]``; ``-`` when absent."""
-    if value is None or not np.isfinite(value):
-        return "-"
-    if not ci:
-        return f"{value:.{nd}f}"
-    return f"{value:.{nd}f} [{ci[0]:.{nd}f}, {ci[1]:.{nd}f}]"

@@ -12,7 +12,7 @@ import torch
 
 from fl_sim.experiments.bench import plain_federation
 from fl_sim.core.config import RunConfig, load_config
-from fl_sim.core.stats import format_ci
+from fl_sim.core.fmt import format_ci
 
 
 def attacked_model(users: int, rnd: int, seed: int = 0, dataset: str | None = None

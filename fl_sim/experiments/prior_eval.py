@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -9,14 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from attacks.priors import DiffusionPrior
+from fl_sim.core.errors import FlSimError
+from fl_sim.core.metrics import psnr
 
 SIGMAS = (0.2, 0.5, 1.0)
-
-
-def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
-    """Mean PSNR (dB) of images in [-1, 1] (peak-to-peak 2)."""
-    mse = ((x.clamp(-1, 1) - ref) ** 2).flatten(1).mean(1).clamp_min(1e-10)
-    return float((10 * torch.log10(4.0 / mse)).mean())
 
 
 def gaussian_blur(x: torch.Tensor, std: float) -> torch.Tensor:
@@ -89,3 +87,41 @@ def memorization(prior: DiffusionPrior, train_images: torch.Tensor, n_samples: i
     return {"samples": n_samples, "sample_to_train_nn_mean": float(nn_sample.mean()),
             "sample_to_train_nn_max": float(nn_sample.max()), "train_to_train_nn_mean": float(nn_train.mean()),
             "memorizing": bool(nn_sample.mean() > nn_train.mean())}
+
+
+def prior_or_error(spec: str) -> DiffusionPrior:
+    """``faces32`` (embedded), a diffusers folder or a hub id; a prior that cannot load is one line (FlSimError)."""
+    from attacks.priors import PriorError
+    from fl_sim.core.priors import open_prior
+
+    try:
+        return open_prior(spec)
+    except PriorError as exc:
+        raise FlSimError(str(exc)) from None
+
+
+def sample_grid(spec: str, n: int, steps: int, seed: int, out_path: Path) -> Path:
+    """A PNG grid of ``n`` samples of the prior (DDIM, ``steps`` steps, seeded)."""
+    from fl_sim.experiments.prior_train import save_grid
+
+    p = prior_or_error(spec)
+    save_grid(p.sample(n, steps=steps, generator=torch.Generator().manual_seed(seed)), out_path)
+    return out_path
+
+
+def prior_report(spec: str, images: int, memo: bool = True) -> dict[str, Any]:
+    """`fl-sim prior eval`: the prior as a denoiser on ``images`` held-out photos, its load time, memorisation."""
+    from fl_sim.core.data.base import to_tensor
+    from fl_sim.core.data.synthfaces import open_synthfaces
+
+    t0 = time.time()
+    p = prior_or_error(spec)
+    load_s = time.time() - t0
+    res = evaluate_prior(p, heldout_images(p.size, images))
+    res["load_seconds"] = round(load_s, 2)
+    if memo:
+        ds = open_synthfaces("prior")
+        train = to_tensor(np.stack([ds.photos_uint8(u.user)[0] for u in ds.users()[:2000]]), p.size)
+        res["memorization"] = memorization(p, train)
+    res["prior"] = spec
+    return res

@@ -15,7 +15,7 @@ import numpy as np
 
 from fl_sim.core.config import RunConfig, load_config
 from fl_sim.core.errors import ConfigError
-from fl_sim.core.stats import format_ci
+from fl_sim.core.fmt import format_ci, number
 from fl_sim.core.store import RunStore
 
 
@@ -158,7 +158,8 @@ def run_sweep(config: Path | None, overrides: list[str], grid: list[tuple[str, l
             row["error"] = res.error
         rows.append(row)
         if progress:
-            progress(f"    eps {_fmt(row.get('epsilon'))}  accuracy {format_ci(row.get('accuracy'), row.get('accuracy_ci'), 3)}  "
+            progress(f"    eps {number(row.get('epsilon'), nonfinite=None)}  "
+                     f"accuracy {format_ci(row.get('accuracy'), row.get('accuracy_ci'), 3)}  "
                      f"identity gain {format_ci(row.get('identity_gain'), row.get('identity_gain_ci'), 3)}  re-id "
                      f"{format_ci(row.get('reid_top1'), row.get('reid_top1_ci'), 2)}  ({res.run_id})")
     n_users = points[0][1].users
@@ -180,14 +181,6 @@ def _number(v: str) -> Any:
     return int(f) if f.is_integer() and "." not in v else f
 
 
-def _fmt(x: Any, nd: int = 3) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float):
-        return f"{x:.{nd}f}" if math.isfinite(x) else str(x)
-    return str(x)
-
-
 def markdown_table(doc: dict[str, Any]) -> str:
     """The sweep as a markdown table (what docs/BENCHMARKS.md quotes): every figure with its interval."""
     from fl_sim.core.scoring import EVALUATORS
@@ -206,7 +199,7 @@ def markdown_table(doc: dict[str, Any]) -> str:
                 f"{r['run_id']} |")
 
     for r in doc["rows"]:
-        eps = _fmt(r.get("epsilon"), 2) if r.get("epsilon") is not None else (
+        eps = number(r.get("epsilon"), 2, nonfinite=None) if r.get("epsilon") is not None else (
             "∞ (no noise)" if r.get("dp_sgd_users") else "∞ (no DP)")
         lines.append(line(str(r["value"]), eps, r))
     b = doc.get("baseline") or {}

@@ -1,0 +1,84 @@
+"""`fl-sim bench federation | attack`: the benchmarks whose numbers go to docs/BENCHMARKS.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fl_sim.cli.common import PRIOR, err, int_list, out, print_all, print_json
+from fl_sim.core.errors import FlSimError
+
+app = typer.Typer(no_args_is_help=True, help="Benchmarks (numbers go to docs/BENCHMARKS.md).")
+
+
+@app.command("federation")
+def bench_federation(as_json: bool = typer.Option(False, "--json"),
+                     rounds: Optional[int] = typer.Option(None, "--rounds", help="default 6 (16 with --attacks)"),
+                     set_: Optional[list[str]] = typer.Option(None, "--set"),
+                     attacks: bool = typer.Option(False, "--attacks", help="attacks on (every user, every round) vs off"),
+                     runs_dir: Path = typer.Option(Path(".cache/bench-runs"), "--runs-dir")) -> None:
+    """Round wall time of the Flower/Ray simulation vs a plain loop (or, with --attacks, attacks on vs off)."""
+    from fl_sim.core.config import load_config
+    from fl_sim.experiments.bench import bench_federation as bench
+    from fl_sim.experiments.bench import bench_federation_attacks
+    from fl_sim.experiments.bench_reports import figure_lines
+
+    rounds = rounds or (16 if attacks else 6)
+    load_config(None, [*(set_ or []), f"rounds={rounds}"])  # config errors are one line, before anything runs
+    res = (bench_federation_attacks if attacks else bench)(set_ or [], rounds=rounds, runs_dir=runs_dir)
+    if as_json:
+        print_json(res)
+    else:
+        print_all(figure_lines(res))
+
+
+@app.command("attack")
+def bench_attack_cmd(users: int = typer.Option(20, "--users"), batch_sizes: str = typer.Option("32", "--batch-sizes"),
+                     methods: str = typer.Option("ig,diffusion", "--methods"),
+                     rounds: str = typer.Option("0", "--round", help="round(s) of the default federation to attack, e.g. 5 or 0,5"),
+                     protocol: str = typer.Option("fedsgd", "--protocol"), prior: str = PRIOR,
+                     iterations: Optional[int] = typer.Option(None, "--iterations"),
+                     seeds: str = typer.Option("0", "--seeds", help="seeds to pool (model training and attack), e.g. 0,1"),
+                     data: str = typer.Option("synthfaces", "--data", help="the users' dataset spec (e.g. synthshift)"),
+                     nulls: bool = typer.Option(True, "--nulls/--no-nulls", help="also run the null controls (zero "
+                                                "update, an outsider's update): they must score at chance"),
+                     figure: Optional[Path] = typer.Option(None, "--figure", help="PNG: per user 4 photos | each method, per round"),
+                     doc: Optional[Path] = typer.Option(None, "--doc", help="write the tables into this markdown file "
+                                                        "(between <!-- bench-attack:PROTOCOL:begin/end --> markers)"),
+                     as_json: bool = typer.Option(False, "--json")) -> None:
+    """Attack every user's update with each method, same model and seeds; score with the face evaluators."""
+    from attacks.methods import ATTACKS
+    from fl_sim.core.data import open_dataset
+    from fl_sim.experiments.attack_bench import attack_figure, attack_markdown, bench_attack
+    from fl_sim.experiments.bench import write_doc_section
+    from fl_sim.experiments.bench_reports import attack_bench_report
+
+    wanted = [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = [m for m in wanted if m not in ATTACKS]
+    if unknown or not wanted:
+        raise FlSimError(f"--methods: unknown attack(s) {', '.join(unknown) or '(none given)'} "
+                         f"(known: {', '.join(sorted(ATTACKS))})")
+    if protocol not in ("fedsgd", "fedavg"):
+        raise FlSimError(f"--protocol: {protocol!r} is not fedsgd or fedavg")
+    sizes, rnds = int_list("--batch-sizes", batch_sizes, 1), int_list("--round", rounds, 0)
+    if users < 2:
+        raise FlSimError(f"--users: re-identification needs at least 2 users, got {users}")
+    seed_list = int_list("--seeds", seeds, 0)
+    n_ids = len(open_dataset(data).users())  # a bad spec is one line here, before any training
+    if n_ids < users:
+        raise FlSimError(f"--users: dataset {data} has {n_ids} identities, {users} requested")
+    res = bench_attack(users=users, batch_sizes=sizes, methods=wanted, rounds=rnds, protocol=protocol, prior_spec=prior,
+                       iterations=iterations, seeds=seed_list, dataset=data, nulls=nulls,
+                       progress=lambda m: err.print(m))
+    if figure:
+        err.print(f"figure: {attack_figure(res, figure)}")
+    if doc:
+        key = f"bench-attack:{protocol}" + ("" if data == "synthfaces" else f":{data}")
+        write_doc_section(doc, key, attack_markdown(res))
+        err.print(f"tables written to {doc}")
+    if as_json:
+        print_json({k: v for k, v in res.items() if k not in ("images", "photos")})
+        return
+    print_all(attack_bench_report(res, protocol, seeds))

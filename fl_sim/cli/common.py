@@ -1,0 +1,62 @@
+"""What every fl-sim subcommand shares: the consoles, common options, JSON printing, run-folder lookup."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console, RenderableType
+
+from fl_sim.core.errors import FlSimError
+
+# Wide consoles: progress lines and tables read badly wrapped at 80 columns in logs.
+out = Console(width=120)
+err = Console(stderr=True, width=120)
+
+RUNS_DIR = typer.Option(Path("runs"), "--runs-dir", help="folder holding run folders")
+CONFIG = typer.Option(None, "--config", help="TOML run config")
+PRIOR = typer.Option("faces32", "--prior", help="faces32 (embedded) | a diffusers folder | a hub id")
+
+
+def print_json(obj: Any) -> None:
+    """Indented JSON on stdout; NaN and infinities become null (strict JSON readers reject them)."""
+    def clean(o: Any) -> Any:
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {k: clean(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [clean(v) for v in o]
+        return o
+
+    sys.stdout.write(json.dumps(clean(obj), indent=2) + "\n")
+
+
+def print_all(items: Iterable[RenderableType], console: Console = out) -> None:
+    """Each table or line, in order, as it comes."""
+    for item in items:
+        console.print(item)
+
+
+def run_dir(runs_dir: Path, run: str) -> Path:
+    """A run's folder: ``run`` itself when it is one, else ``runs_dir/run``; a one-line error when absent."""
+    d = Path(run) if Path(run).is_dir() and (Path(run) / "store.sqlite").exists() else runs_dir / run
+    if not (d / "store.sqlite").exists():
+        raise FlSimError(f"no run {run!r} in {runs_dir} (fl-sim runs lists them)")
+    return d
+
+
+def int_list(option: str, text: str, minimum: int) -> list[int]:
+    """'8,32,64' -> [8, 32, 64], each >= minimum; a one-line error naming the option otherwise."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise FlSimError(f"{option}: expected integers like 8,32,64, got {text!r}") from None
+    if not values or any(v < minimum for v in values):
+        raise FlSimError(f"{option}: expected integers >= {minimum}, got {text!r}")
+    return values

@@ -1,0 +1,66 @@
+"""`fl-sim run`, `sweep` and `demo`: run federations and print their rounds, grid or attacks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fl_sim.cli.common import CONFIG, RUNS_DIR, err, out, print_all, print_json
+
+
+def run(config: Optional[Path] = CONFIG, set_: Optional[list[str]] = typer.Option(None, "--set", help="key=value override"),
+        runs_dir: Path = RUNS_DIR, as_json: bool = typer.Option(False, "--json", help="print the result as JSON")) -> None:
+    """Run a simulated federation and record it in runs/<run-id>/."""
+    _run(config, set_ or [], runs_dir, as_json)
+
+
+def sweep(config: Optional[Path] = CONFIG, set_: Optional[list[str]] = typer.Option(None, "--set", help="key=value for every run"),
+          grid: Optional[list[str]] = typer.Option(None, "--grid", help="key=v1,v2,... (several --grid: their product)"),
+          baseline: bool = typer.Option(False, "--baseline", help="also run the base config (defense off) as reference lines"),
+          runs_dir: Path = RUNS_DIR, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Run a grid of federations; table and plot of leakage and utility against the swept parameter."""
+    from fl_sim.experiments.bench_reports import sweep_report
+    from fl_sim.experiments.sweep import parse_grid, run_sweep
+
+    doc = run_sweep(config, set_ or [], parse_grid(grid or []), runs_dir, progress=err.print, baseline=baseline)
+    if as_json:
+        print_json(doc)
+        return
+    print_all(sweep_report(doc))
+    if any(r["status"] != "finished" for r in doc["rows"]):
+        raise typer.Exit(1)
+
+
+def _run(config: Optional[Path], overrides: list[str], runs_dir: Path, as_json: bool) -> Path:
+    """Run, print the rounds (or JSON), exit 1 on a failed run; returns the run folder."""
+    from fl_sim.experiments.reports import rounds_report
+    from fl_sim.experiments.runner import run_with_progress
+
+    res = run_with_progress(config, overrides, runs_dir, err.print)
+    if as_json:
+        print_json({"run_id": res.run_id, "run_dir": str(res.run_dir), "status": res.status, "seconds": res.seconds,
+                    "error": res.error})
+    else:
+        print_all(rounds_report(res.run_dir))
+        out.print(f"run {res.run_id}: {res.status} in {res.seconds:.1f}s — store {res.run_dir / 'store.sqlite'}")
+    if res.status != "finished":
+        err.print(f"run failed: {res.error}")
+        raise typer.Exit(1)
+    return res.run_dir
+
+
+def demo(runs_dir: Path = RUNS_DIR) -> None:
+    """Run the embedded default federation with the curious server on, and say where to look."""
+    from fl_sim.experiments.reports import demo_report
+    from fl_sim.experiments.runner import DEMO_OVERRIDES
+
+    print_all(demo_report(_run(None, DEMO_OVERRIDES, runs_dir, as_json=False), runs_dir))
+
+
+def register(app: typer.Typer) -> None:
+    """Add run, sweep and demo to the fl-sim app."""
+    app.command()(run)
+    app.command()(sweep)
+    app.command()(demo)
