@@ -6,7 +6,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeAlias, overload
+from typing import Any, TypeAlias, overload
 
 import torch
 import torch.nn.functional as F
@@ -58,15 +58,19 @@ class DiffusionPrior:
 
         src = str(source)
         path = Path(src).expanduser()
+        unet: Any  # diffusers' loaders are untyped
+        sched: Any
         try:
             if path.exists():
                 unet_dir = path / "unet" if (path / "unet").is_dir() else path
                 sched_dir = path / "scheduler" if (path / "scheduler").is_dir() else path
                 if not (unet_dir / "config.json").exists():
                     raise PriorError(f"no diffusers UNet at {path} (expected unet/config.json or config.json)")
-                unet = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False)
-                sched = DDPMScheduler.from_pretrained(sched_dir) if (sched_dir / "scheduler_config.json").exists() \
-                    else DDPMScheduler()
+                unet = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False)  # type: ignore[no-untyped-call]
+                if (sched_dir / "scheduler_config.json").exists():
+                    sched = DDPMScheduler.from_pretrained(sched_dir)  # type: ignore[no-untyped-call]
+                else:
+                    sched = DDPMScheduler()  # type: ignore[no-untyped-call]
             elif src.startswith((".", "/", "~")) or src.count("/") != 1:
                 raise PriorError(f"prior path not found: {src}")
             else:
@@ -74,11 +78,11 @@ class DiffusionPrior:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     try:
-                        unet = UNet2DModel.from_pretrained(src, low_cpu_mem_usage=False)
-                        sched = DDPMScheduler.from_pretrained(src)
+                        unet = UNet2DModel.from_pretrained(src, low_cpu_mem_usage=False)  # type: ignore[no-untyped-call]
+                        sched = DDPMScheduler.from_pretrained(src)  # type: ignore[no-untyped-call]
                     except OSError:
-                        unet = UNet2DModel.from_pretrained(src, subfolder="unet", low_cpu_mem_usage=False)
-                        sched = DDPMScheduler.from_pretrained(src, subfolder="scheduler")
+                        unet = UNet2DModel.from_pretrained(src, subfolder="unet", low_cpu_mem_usage=False)  # type: ignore[no-untyped-call]
+                        sched = DDPMScheduler.from_pretrained(src, subfolder="scheduler")  # type: ignore[no-untyped-call]
         except PriorError:
             raise
         except Exception as exc:  # noqa: BLE001 - hub/network/format failures become one line
@@ -123,7 +127,8 @@ class DiffusionPrior:
         t = torch.as_tensor(t, device=x_t.device).long()
         if t.dim() == 0:
             t = t.expand(x_t.shape[0])
-        return self.unet(x_t, t).sample
+        out: torch.Tensor = self.unet(x_t, t).sample
+        return out
 
     def predict(self, x_t: torch.Tensor, t: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
         """(ε̂, x̂0) at (x_t, t), whatever the network predicts."""

@@ -20,7 +20,10 @@ def ssim(x: torch.Tensor, ref: torch.Tensor, window: int = 7, sigma: float = 1.5
     g = torch.exp(-(torch.arange(window) - window // 2).float() ** 2 / (2 * sigma ** 2))
     g = (g / g.sum())
     k = (g[:, None] * g[None, :]).expand(a.shape[1], 1, window, window).contiguous()
-    conv = lambda t: F.conv2d(t, k, groups=a.shape[1])  # noqa: E731
+
+    def conv(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, k, groups=a.shape[1])
+
     mu_a, mu_b = conv(a), conv(b)
     var_a, var_b = conv(a * a) - mu_a ** 2, conv(b * b) - mu_b ** 2
     cov = conv(a * b) - mu_a * mu_b

@@ -22,7 +22,8 @@ EVALUATORS: tuple[str, ...] = ("sface", "dlib")
 
 
 def _embed(evaluator: str, images: torch.Tensor) -> np.ndarray:
-    return identity_embedder(evaluator).embed(images)
+    emb: np.ndarray = identity_embedder(evaluator).embed(images)
+    return emb
 
 
 @dataclass
