@@ -54,7 +54,6 @@ def test_config_show_documents_a_plugins_parts() -> None:
     assert 'plugins = ["' in res.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="fl-sim config show does not print fl_sim.core.parts.parts_lines() yet")
 def test_config_show_lists_every_part_with_its_origin() -> None:
     res = _fl_sim("config", "show", "--set", f"plugins={EXAMPLE}")
     assert any(" tinycnn " in ln and f"[{EXAMPLE}]" in ln for ln in res.stdout.splitlines())

@@ -16,11 +16,12 @@ app = typer.Typer(no_args_is_help=True, help="Inspect the run configuration.")
 @app.command("show")
 def config_show(config: Optional[Path] = CONFIG, set_: Optional[list[str]] = typer.Option(None, "--set"),
                 as_json: bool = typer.Option(False, "--json")) -> None:
-    """Print the effective config with every key documented."""
+    """Print the effective config with every key documented, then every registered part and its origin."""
     from fl_sim.core.config import load_config, to_dict, to_toml
+    from fl_sim.core.parts import parts_lines
 
     cfg = load_config(config, set_ or [])
     if as_json:
         print_json(to_dict(cfg))
     else:
-        sys.stdout.write(to_toml(cfg) + "\n")
+        sys.stdout.write(to_toml(cfg) + "\n\n" + "\n".join(parts_lines()) + "\n")
