@@ -31,7 +31,7 @@ def tiny_prior(schedule: str = "faces32") -> DiffusionPrior:
 
 def run_cli(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str, str]:
     """fl-sim's own entry point in-process (main(): FlSimError -> one line, exit 2), `audit` registered if
-    cli.py does not register it yet. Returns (exit code, stdout, stderr)."""
+    the CLI package does not register it yet. Returns (exit code, stdout, stderr)."""
     import fl_sim.cli as cli
     from fl_sim.cli.audit import register
 
