@@ -11,7 +11,7 @@ import numpy.typing as npt
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from fl_sim.core.records import PARTITION_ID, ClientUpdate
+from fl_sim.core.records import NUM_EXAMPLES, PARTITION_ID, ClientUpdate
 
 ARRAYS, METRICS, PRIVACY, CONFIG, USER = "arrays", "metrics", "privacy", "config", "user"
 SERVER_ROUND = "server-round"
@@ -59,7 +59,7 @@ def read_user(content: RecordDict) -> str:
 
 def evaluation_content(num_examples: int, partition_id: int, metrics: Mapping[str, Any]) -> RecordDict:
     """A node's held-out evaluation reply."""
-    return RecordDict({METRICS: MetricRecord({"num-examples": num_examples, PARTITION_ID: partition_id, **metrics})})
+    return RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: num_examples, PARTITION_ID: partition_id, **metrics})})
 
 
 def read_evaluation(content: RecordDict) -> dict[str, Any]:

@@ -43,6 +43,7 @@ def _observations(model: torch.nn.Module, cfg: RunConfig, heads: Any, ids: list[
     from fl_sim.core.userbatch import local_seed
     from clients.training import local_train
     from fl_sim.core.models import user_labels
+    from fl_sim.core.records import ClientUpdate
     from server.observe import build_observation
 
     global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -54,9 +55,9 @@ def _observations(model: torch.nn.Module, cfg: RunConfig, heads: Any, ids: list[
         res = local_train(local, photos[src], y, heads, protocol=cfg.protocol, lr=cfg.lr, epochs=cfg.local_epochs,
                           batch_size=cfg.local_batch_size, seed=local_seed(cfg.seed, rnd + 1, src))
         after = global_state if zero else local.state_dict()
-        observations.append(build_observation(
-            cfg, heads, global_state, after,
-            {"num-examples": res.num_examples, "local-steps": res.local_steps, "lr": cfg.lr}, rnd=rnd + 1, user=u))
+        update = ClientUpdate(user=u, round=rnd + 1, arrays=after, num_examples=res.num_examples,
+                              local_steps=res.local_steps, lr=cfg.lr, loss=res.loss)
+        observations.append(build_observation(cfg, heads, global_state, after, update, rnd=rnd + 1, user=u))
     return observations
 
 
