@@ -29,7 +29,11 @@ def _fl_sim(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
 
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fl_sim.core.defenses import DEFENSES
+
     monkeypatch.setenv(ENV, "")  # what a test's plugins leave there is undone afterwards
+    # so is a plugin's defense: it would add a section to every config this process makes later
+    monkeypatch.setattr(DEFENSES, "_entries", dict(DEFENSES._entries))
 
 
 def test_the_example_plugins_parts_are_listed_with_their_origin(clean_env: None) -> None:
@@ -37,7 +41,7 @@ def test_the_example_plugins_parts_are_listed_with_their_origin(clean_env: None)
 
     ensure_plugins([str(EXAMPLE)])
     lines = "\n".join(parts_lines())
-    for name in ("tinycnn", "flatfolder", "gray"):
+    for name in ("tinycnn", "flatfolder", "gray", "update_clip"):
         line = next(ln for ln in lines.splitlines() if f" {name} " in ln)
         assert line.rstrip().endswith(f"[{EXAMPLE}]"), line
     assert "convnet" in lines and "[builtin]" in lines
@@ -126,3 +130,79 @@ def test_the_example_plugin_runs_end_to_end(tmp_path: Path) -> None:
     assert run["status"] == "finished" and run["config"]["model"]["name"] == "tinycnn"
     assert run["config"]["plugins"] == [str(EXAMPLE)] and len(users) == 3
     assert attacks and {(a["method"], a["status"]) for a in attacks} == {("gray", "finished")}
+
+
+def test_config_show_documents_a_plugins_defense() -> None:
+    """The plugin's defense has its own section: documented keys, --set works (max_norm switches it on)."""
+    res = _fl_sim("config", "show", "--set", f"plugins={EXAMPLE}", "--set", "defenses.update_clip.max_norm=0.5")
+    assert res.returncode == 0, res.stderr
+    section = res.stdout.split("[defenses.update_clip]\n", 1)[1].split("\n[", 1)[0].splitlines()
+    keys = {ln.split(" = ")[0]: ln.split(" = ")[1] for ln in section if " = " in ln and not ln.startswith("#")}
+    assert keys == {"enabled": "true", "max_norm": "0.5", "noise": "0.0", "users": '"all"'}
+    assert "# L2 norm the whole update is clipped to" in section
+    bad = _fl_sim("config", "show", "--set", f"plugins={EXAMPLE}", "--set", "defenses.update_clip.max_norm=0")
+    assert bad.returncode == 2 and "defenses.update_clip.max_norm" in bad.stderr, bad.stderr
+    plain = _fl_sim("config", "show")
+    assert plain.returncode == 0 and "update_clip" not in plain.stdout
+
+
+ROUND_TRIP = """
+import pickle, sys, tomllib
+from fl_sim.core.config import from_dict, load_config, to_dict, to_toml
+if sys.argv[1] == "write":
+    cfg = load_config(None, ["plugins=" + sys.argv[3], "defenses.update_clip.max_norm=0.25",
+                             "defenses.update_clip.users=half", "defenses.compression.topk=0.5"])
+    open(sys.argv[2], "wb").write(pickle.dumps(cfg))
+    open(sys.argv[2] + ".toml", "w").write(to_toml(cfg))
+else:  # a fresh process, as a Ray actor: the plugin arrives through FL_SIM_PLUGINS (read) or the snapshot (toml)
+    if sys.argv[1] == "read":
+        cfg = pickle.loads(open(sys.argv[2], "rb").read())
+    else:
+        cfg = from_dict(tomllib.loads(open(sys.argv[2] + ".toml").read()))
+    clip = cfg.defenses.update_clip
+    assert (clip.enabled, clip.max_norm, clip.users) == (True, 0.25, "half"), clip
+    assert type(clip).__module__ == "my_plugin.defense" and cfg.defenses.compression.topk == 0.5
+    assert from_dict(to_dict(cfg)) == cfg and to_dict(pickle.loads(pickle.dumps(cfg))) == to_dict(cfg)
+    print("ok")
+"""
+
+
+def test_a_plugins_defense_section_pickles_and_round_trips_across_processes(tmp_path: Path) -> None:
+    """The config travels to the client actors and the attack worker pickled: the plugin's section is
+    rebuilt where it lands, the plugin imported from FL_SIM_PLUGINS; the snapshot re-reads with its plugins."""
+    path = tmp_path / "cfg.pkl"
+    for step, env in (("write", {}), ("read", {ENV: str(EXAMPLE)}), ("toml", {})):
+        res = subprocess.run([sys.executable, "-c", ROUND_TRIP, step, str(path), str(EXAMPLE)], capture_output=True,
+                             text=True, env={**_env(), **env}, timeout=300)
+        assert res.returncode == 0, f"{step}: {res.stderr[-2000:]}"
+
+
+def test_the_example_plugins_defense_runs_end_to_end(tmp_path: Path) -> None:
+    """Client actors clip the chosen users' updates; the store records the defense for those users (and
+    the attacks on them), and their update norms are the clip's while the others' are larger."""
+    runs = tmp_path / "runs"
+    res = _fl_sim("run", "--set", f"plugins={EXAMPLE}", "--set", "defenses.update_clip.enabled=true",
+                  "--set", "defenses.update_clip.max_norm=0.01", "--set", "defenses.update_clip.users=half",
+                  "--set", "rounds=1", "--set", "users=3", "--set", "attack.methods=gray",
+                  "--set", "data.photos_per_user=4", "--set", "data.holdout_per_user=2", "--set", "data.image_size=16",
+                  "--runs-dir", str(runs))
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    (run_dir,) = runs.iterdir()
+    store = RunStore(run_dir / "store.sqlite")
+    try:
+        run, users, updates, attacks = store.run(), store.users(), store.updates(), store.attacks()
+    finally:
+        store.close()
+    assert run["status"] == "finished"
+    assert run["config"]["defenses"]["update_clip"] == {"enabled": True, "max_norm": 0.01, "noise": 0.0,
+                                                         "users": "half"}
+    clipped = {u["user"] for u in users if u["defenses"] == {"update_clip": {"max_norm": 0.01}}}
+    assert 0 < len(clipped) < 3 and all(u["defenses"] == {} for u in users if u["user"] not in clipped)
+    assert len(updates) == 3 and {u["user"] for u in updates if u["defenses"]} == clipped
+    for u in updates:
+        if u["user"] in clipped:
+            assert u["update_norm"] == pytest.approx(0.01, rel=1e-3)
+        else:
+            assert u["update_norm"] > 0.02
+    assert {a["user"] for a in attacks if a["defenses"]} == clipped
+    assert {(a["method"], a["status"]) for a in attacks} == {("gray", "finished")}

@@ -1,4 +1,5 @@
-"""Example fl-sim plugin: a tiny CNN (``tinycnn``), a flat photo folder (``flatfolder:PATH``), an attack (``gray``)."""
+"""Example fl-sim plugin: a tiny CNN (``tinycnn``), a flat photo folder (``flatfolder:PATH``), an attack (``gray``),
+a defense (``update_clip``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from fl_sim.core.data import register_dataset
 from fl_sim.core.models import register_model
 
 from . import attack  # noqa: F401 - registers the ``gray`` attack method
+from . import defense  # noqa: F401 - registers the ``update_clip`` defense (config section defenses.update_clip)
 from .faces import FlatFolder
 from .nets import TinyCNN
 

@@ -90,20 +90,62 @@ class AttackPolicyConfig:
     drain_timeout_s: float = _f(1800.0, "at the end, wait this long for attacks; the rest are 'unfinished'", min=0.0)
 
 
-def _defenses_config() -> type:
-    """The ``defenses`` section: one sub-section per registered defense, documented by its registry help text."""
-    fields = [(d.name, d.config_type, field(default_factory=d.config_type, metadata=doc(d.help)))
-              for d in defense_sections()]
-    cls = dataclasses.make_dataclass("DefensesConfig", fields)
-    cls.__module__ = __name__  # pickled by reference (client actors and the attack worker receive configs)
-    cls.__doc__ = "Client defenses, each of which can be toggled per run (and per user where it is client-side)."
-    return cls
+class _Defenses:
+    """What every assembled ``DefensesConfig`` shares: it travels (pickled, to the client actors and the attack
+    worker) as plain values and is rebuilt where it lands from that process's registry, whose pending plugins
+    (FL_SIM_PLUGINS, entry points) are imported first; so a plugin's section needs no importable class path."""
+
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
+        return _defenses_from_dict, (dataclasses.asdict(self),)  # type: ignore[call-overload]
+
+
+_DEFENSES_CLASSES: dict[tuple[str, ...], type] = {}  # the section's class per set of registered defenses
+
+
+def defenses_config(pending: bool = True) -> type:
+    """The ``defenses`` section's class: one sub-section per registered defense (plugins' too), documented by its
+    registry help text; one class per set of defenses (the built-in ones: ``DefensesConfig``)."""
+    found = defense_sections(pending)
+    key = tuple(d.name for d in found)
+    if key not in _DEFENSES_CLASSES:
+        fields = [(d.name, d.config_type, field(default_factory=d.config_type, metadata=doc(d.help))) for d in found]
+        cls = dataclasses.make_dataclass("DefensesConfig", fields, bases=(_Defenses,))
+        cls.__module__ = __name__
+        cls.__doc__ = "Client defenses, each of which can be toggled per run (and per user where it is client-side)."
+        _DEFENSES_CLASSES[key] = cls
+    return _DEFENSES_CLASSES[key]
+
+
+def _new_defenses() -> Any:
+    """A ``defenses`` section with every defense registered now, at its defaults."""
+    return defenses_config()()
+
+
+def _defenses_from_dict(values: dict[str, Any]) -> Any:
+    """A pickled ``defenses`` section, rebuilt with the values as they were (a plugin's defense is found through
+    the pending plugins; a name still unknown is a one-line error)."""
+    section = _new_defenses()
+    _restore(section, values, "defenses.")
+    return section
+
+
+def _restore(obj: Any, values: dict[str, Any], prefix: str) -> None:
+    """Set ``values`` (``dataclasses.asdict`` of an object like ``obj``) as they are: no coercion, no checks."""
+    fields = {f.name for f in dataclasses.fields(obj)}
+    for name, value in values.items():
+        if name not in fields:
+            raise ConfigError(f"unknown config key '{prefix}{name}' (is the plugin that registers it loaded?)")
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            _restore(current, value, f"{prefix}{name}.")
+        else:
+            setattr(obj, name, value)
 
 
 if TYPE_CHECKING:
-    DefensesConfig: TypeAlias = Any  # built from the defense registry at import time
+    DefensesConfig: TypeAlias = Any  # built from the defense registry
 else:
-    DefensesConfig = _defenses_config()
+    DefensesConfig = defenses_config(pending=False)  # the built-in defenses' (the config's module imports no plugin)
 
 
 @dataclass
@@ -132,7 +174,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig, metadata=doc("model"))
     simulation: SimulationConfig = field(default_factory=SimulationConfig, metadata=doc("simulation engine"))
     attack: AttackPolicyConfig = field(default_factory=AttackPolicyConfig, metadata=doc("curious server"))
-    defenses: DefensesConfig = field(default_factory=DefensesConfig, metadata=doc("client defenses"))
+    defenses: DefensesConfig = field(default_factory=_new_defenses, metadata=doc("client defenses"))
 
     def clients_in_round(self) -> int:
         """How many clients each round samples."""
@@ -263,24 +305,36 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 
 def load_config(path: Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Defaults, then the TOML file, then the overrides; every value checked."""
-    cfg = RunConfig()
+    sources: list[dict[str, Any]] = []
     if path is not None:
         if not path.exists():
             raise ConfigError(f"config file not found: {path}")
         try:
-            data = tomllib.loads(path.read_text())
+            sources.append(tomllib.loads(path.read_text()))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: {exc}") from None
-        _apply(cfg, data, "")
-        _implied(cfg, data)
-    parsed = parse_overrides(overrides or [])
-    _apply(cfg, parsed, "")
-    _implied(cfg, parsed)
-    from fl_sim.core.plugins import ensure_plugins
-
-    ensure_plugins(cfg.plugins)  # before validation: the plugins' parts are valid choices
+    sources.append(parse_overrides(overrides or []))
+    cfg = _with_plugins(sources)
+    for values in sources:
+        _apply(cfg, values, "")
+        _implied(cfg, values)
     validate(cfg)
     return cfg
+
+
+def _with_plugins(sources: list[dict[str, Any]]) -> RunConfig:
+    """A default config once the plugins ``sources`` name (the last one that names any wins) are imported:
+    before the other keys are read, so a plugin's defense has its ``defenses.<name>`` section and the plugins'
+    parts are valid choices when the config is validated."""
+    from fl_sim.core.plugins import ensure_plugins
+
+    probe = RunConfig()
+    for values in sources:
+        if "plugins" in values:
+            _apply(probe, {"plugins": values["plugins"]}, "")
+    ensure_plugins(probe.plugins)
+    probe.defenses = _new_defenses()  # the plugins' defenses included
+    return probe
 
 
 def _implied(cfg: RunConfig, values: dict[str, Any]) -> None:
@@ -314,7 +368,8 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def from_dict(data: dict[str, Any]) -> RunConfig:
-    cfg = RunConfig()
+    """The config ``to_dict`` wrote (a run's snapshot), its plugins imported first."""
+    cfg = _with_plugins([data])
     _apply(cfg, data, "")
     return cfg
 

@@ -69,6 +69,10 @@ class Parts(Registry[T]):
         load_pending()
         return super().names()
 
+    def registered(self) -> Iterator[Entry[T]]:
+        """The parts registered so far, importing nothing (what a module may read while it is imported)."""
+        return super().__iter__()
+
 
 def _split(ref: str) -> tuple[str, str | None]:
     """``module``, ``module:callable``, ``path/to/file.py[:callable]`` or ``path/to/package[:callable]``."""

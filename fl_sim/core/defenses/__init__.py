@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from fl_sim.core.defenses.base import (DEFENSES, EXACT_UPDATE, Defense, NodeState, Record, RunView, StrategyWrapper,
-                                       Trained, TrainBatch)
+                                       Trained, TrainBatch, register_defense)
 from fl_sim.core.defenses.compression import COMPRESSION, CompressionConfig, compress_update
 from fl_sim.core.defenses.dp_sgd import (DP_SGD, DpSgdConfig, DpTrainResult, dp_local_train, dp_sgd_noise,
                                          dp_sgd_schedule, dp_sgd_training)
@@ -19,13 +19,17 @@ from fl_sim.core.users import check_user_choice, choose_users
 __all__ = ["COMPRESSION", "DEFENSES", "DP_SGD", "SECAGG", "USER_DP", "USER_DP_VISIBILITY", "CompressionConfig",
            "Defense", "DpSgdConfig", "DpTrainResult", "NodeState", "RunView", "SecAggConfig", "TrainBatch", "Trained",
            "UserDpConfig", "aggregate_only", "apply_implied", "client_mods", "compress_update", "describe",
-           "dp_local_train", "dp_sgd_noise", "dp_sgd_schedule", "dp_sgd_training", "hides_user", "sections",
-           "server_wrappers", "train_under", "user_defenses", "validate_defenses"]
+           "dp_local_train", "dp_sgd_noise", "dp_sgd_schedule", "dp_sgd_training", "hides_user", "register_defense",
+           "sections", "server_wrappers", "train_under", "user_defenses", "validate_defenses"]
 
 
-def sections() -> list[Defense[Any]]:
-    """Every registered defense in config-section order (``fl-sim config show``, visibility notes)."""
-    return sorted((e.obj for e in DEFENSES), key=lambda d: d.section_rank)
+def sections(pending: bool = True) -> list[Defense[Any]]:
+    """Every registered defense in config-section order (``fl-sim config show``, visibility notes).
+
+    ``pending=False``: only those registered so far, importing no pending plugin (what the config's module reads
+    while it is imported)."""
+    entries = DEFENSES if pending else DEFENSES.registered()
+    return sorted((e.obj for e in entries), key=lambda d: d.section_rank)
 
 
 def _by_record() -> list[Defense[Any]]:

@@ -10,7 +10,7 @@ import torch
 
 from fl_sim.core.models import Head
 from fl_sim.core.records import LocalTrainResult, PrivacyFigures
-from fl_sim.core.registry import Registry
+from fl_sim.core.plugins import Parts
 
 S = TypeVar("S")
 Record = dict[str, Any]  # one defense's entry in a user's defense record (stored as JSON)
@@ -113,8 +113,10 @@ class Defense(Generic[S]):
     aggregate_only: bool = False  # rounds run through an aggregate-only server loop (Flower's legacy API)
 
     def section(self, run: RunView) -> S:
-        """This defense's config section of ``run``."""
-        value = getattr(run.defenses, self.name)
+        """This defense's config section of ``run`` (its defaults where ``run`` was made before it was registered)."""
+        value = getattr(run.defenses, self.name, None)
+        if value is None:
+            return self.config_type()
         if not isinstance(value, self.config_type):
             raise TypeError(f"defenses.{self.name} is a {type(value).__name__}, not a {self.config_type.__name__}")
         return value
@@ -166,4 +168,10 @@ class Defense(Generic[S]):
         raise NotImplementedError(self.name)
 
 
-DEFENSES: Registry[Defense[Any]] = Registry("defense", "defenses")
+DEFENSES: Parts[Defense[Any]] = Parts("defense", "defenses")  # plugins register theirs with register_defense
+
+
+def register_defense(defense: Defense[S]) -> Defense[S]:
+    """Register ``defense`` under its ``name`` (a plugin's own too: it gets a ``defenses.<name>`` config section)."""
+    DEFENSES.add(defense.name, defense, defense.help)
+    return defense
