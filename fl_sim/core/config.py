@@ -307,6 +307,20 @@ def validate(cfg: RunConfig) -> None:
     if cfg.clients_in_round() > cfg.users:
         raise ConfigError(f"config key 'clients_per_round': {cfg.clients_in_round()} clients per round but only {cfg.users} users")
     validate_defenses(cfg)
+    check_attack_prior(cfg)
+
+
+def check_attack_prior(cfg: RunConfig) -> None:
+    """``attack.prior`` names a prior that can be opened (its config read, not its weights), when an attack uses it."""
+    if not cfg.attack.enabled or "diffusion" not in cfg.attack.methods:
+        return
+    from attacks.priors import PriorError, check_prior
+    from fl_sim.core import priors  # noqa: F401 - registers the embedded prior
+
+    try:
+        check_prior(cfg.attack.prior)
+    except PriorError as exc:
+        raise ConfigError(f"config key 'attack.prior': {exc}") from None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -1,5 +1,9 @@
 """User-facing errors: one line, naming what is wrong and where; the CLI exits 2 on them."""
 
+from __future__ import annotations
+
+import re
+
 
 class FlSimError(Exception):
     """A problem with the user's input (config, path, data) rather than a bug in fl-sim."""
@@ -11,3 +15,18 @@ class ConfigError(FlSimError):
 
 class DataError(FlSimError):
     """An unreadable or inconsistent dataset: names the path."""
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def error_line(exc: BaseException) -> str:
+    """``Name: message``, one line, of the original exception: wrappers that carry a ``cause``
+    (Ray's ``RayTaskError``, ``ActorDiedError``) are unwrapped and terminal escape codes removed."""
+    seen: set[int] = set()
+    while isinstance(getattr(exc, "cause", None), BaseException) and id(exc) not in seen:
+        seen.add(id(exc))
+        exc = exc.cause  # type: ignore[attr-defined]
+    name = _ANSI.sub("", exc.__class__.__name__)
+    lines = [ln.strip() for ln in _ANSI.sub("", str(exc)).splitlines() if ln.strip()]
+    return f"{name}: {lines[0]}" if lines else name
