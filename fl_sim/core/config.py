@@ -368,3 +368,20 @@ def documented_keys(cfg: Any | None = None, prefix: str = "") -> list[tuple[str,
         else:
             out.append((f"{prefix}{f.name}", value, doc_text(f.metadata)))
     return out
+
+
+BOUNDS = ("min", "max", "min_exclusive", "choices")
+
+
+def key_bounds(cfg: Any | None = None, prefix: str = "") -> list[tuple[str, Any, dict[str, Any]]]:
+    """(dotted key, default, bounds) for every leaf key that has a bound (min, max, min_exclusive, choices)."""
+    cfg = cfg if cfg is not None else RunConfig()
+    out: list[tuple[str, Any, dict[str, Any]]] = []
+    hints = get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if _is_section(hints[f.name]):
+            out.extend(key_bounds(value, f"{prefix}{f.name}."))
+        elif bounds := {k: v for k, v in f.metadata.items() if k in BOUNDS}:
+            out.append((f"{prefix}{f.name}", value, bounds))
+    return out

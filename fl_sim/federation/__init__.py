@@ -40,6 +40,11 @@ def prepare_users(cfg: RunConfig) -> list[UserRecord]:
                          need=max(d.min_photos_per_user, d.photos_per_user + d.holdout_per_user))
     dataset.check([u.user for u in users])  # every photo the run will read decodes: a bad file named now, not in Ray
     cfg.task = resolve_task(cfg, users)
+    from fl_sim.core.defenses import user_defenses
+
+    names = [u.user for u in users]
+    cfg.attacked_users(names)  # named attack targets must be run users (init_run checks again: API callers)
+    user_defenses(cfg, names)  # likewise users named by a defense
     return users
 
 

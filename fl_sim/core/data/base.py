@@ -126,11 +126,11 @@ def choose_users(dataset: FaceDataset, *, n_users: int, need: int) -> list[UserR
         chosen.append(rec)
         if len(chosen) == n_users:
             break
-    if skipped:
-        log.warning("skipped %d users with fewer than %d photos in %s", len(skipped), need, dataset.spec)
     if len(chosen) < n_users:
         raise DataError(f"dataset {dataset.spec} has {len(chosen)} users with >= {need} photos, "
-                        f"{n_users} requested (config key 'users')")
+                        f"{n_users} requested (config key 'users'; {len(skipped)} with fewer skipped)")
+    if skipped:
+        log.warning("skipped %d users with fewer than %d photos in %s", len(skipped), need, dataset.spec)
     return chosen
 
 
