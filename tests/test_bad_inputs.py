@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -155,6 +156,13 @@ CASES: list[Case] = [
     Case("attack.users:not-a-run-user", _folder_case("folder", _folder, lambda t, p: "attack.users",
                                                      extra=("attack.users=user00,nobody",))),
     Case("clients_per_round:more-than-users", lambda tmp: (_run(tmp, "users=2", "clients_per_round=3"), "clients_per_round")),
+    Case("model.width:not-buildable", lambda tmp: (_run(tmp, "model.width=3"), "model.width")),
+    Case("simulation.client_cpus:more-than-ray-has", lambda tmp: (_run(tmp, "simulation.ray_num_cpus=2",
+                                                                       "simulation.client_cpus=4"), "simulation.client_cpus")),
+    Case("attack.worker_cpus:leaves-clients-none", lambda tmp: (_run(tmp, "simulation.ray_num_cpus=2",
+                                                                     "attack.worker_cpus=2"), "attack.worker_cpus")),
+    Case("simulation.client_gpus:more-than-exist", lambda tmp: (_run(tmp, "simulation.client_gpus=1000"),
+                                                                "simulation.client_gpus")),
     Case("model.name:unknown", lambda tmp: (_run(tmp, "model.name=transformer9"), "model.name")),
     Case("key:unknown", lambda tmp: (_run(tmp, "data.no_such_key=1"), "data.no_such_key")),
     Case("key:unknown-section", lambda tmp: (_run(tmp, "no_such.key=1"), "no_such")),
@@ -250,3 +258,43 @@ def test_bad_prior_path_end_to_end(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "runs").exists()
     assert time.time() - t0 < 20
+
+
+# -- errors from workers reach the store and the terminal as the original exception's one line ------
+def test_ray_wrapped_error_is_unwrapped_to_the_original_line() -> None:
+    from ray.exceptions import RayTaskError
+
+    from attacks.priors import PriorError
+    from fl_sim.core.errors import error_line
+
+    try:
+        raise PriorError("cannot load diffusion prior from folder '/p': \x1b[31mno weights\x1b[0m\nsecond line")
+    except PriorError as exc:
+        wrapped = RayTaskError("warm_up", "Traceback (most recent call last):\n\x1b[36mray::AttackWorker\x1b[39m", exc)
+        for e in (wrapped, wrapped.as_instanceof_cause()):
+            assert error_line(e) == "PriorError: cannot load diffusion prior from folder '/p': no weights"
+
+
+def test_a_failing_attack_job_records_the_original_error(tmp_path: Path) -> None:
+    import torch
+
+    from server.worker import AttackJob, AttackWorker
+
+    threads = torch.get_num_threads()
+    try:
+        _failing_job(tmp_path, AttackWorker(low_priority=False))  # in-process: no Ray; pytest's threads keep their priority
+    finally:
+        torch.set_num_threads(threads)  # the worker pins one thread; later tests in this process keep theirs
+
+
+def _failing_job(tmp_path: Path, worker: Any) -> None:
+    from server.worker import AttackJob
+
+    prior = _prior_folder(tmp_path, '{"_class_name": "UNet2DModel"}')  # a readable config, no weights
+    job = AttackJob(job_id=1, round=1, observations=[], targets=["u0"], methods=["diffusion"], attack_configs={},
+                    prior=str(prior), dataset="synthfaces", image_size=16, photos_per_user=2, run_users=["u0"],
+                    run_dir=str(tmp_path))
+    out = worker.run_job(job)
+    assert out.error is not None and out.error.startswith("PriorError: ") and str(prior) in out.error
+    assert "\n" not in out.error and "\x1b[" not in out.error and "RayTaskError" not in out.error
+    assert [r.error for r in out.results] == [out.error]

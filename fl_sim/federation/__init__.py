@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fl_sim.core.config import RunConfig, to_dict, to_toml
+from fl_sim.core.config import RunConfig, check_resources, to_dict, to_toml
 from fl_sim.core.data import UserRecord, choose_users, open_dataset
 from fl_sim.core.errors import ConfigError, FlSimError, error_line
 from fl_sim.core.store import FAILED, FINISHED, RunStore
@@ -34,6 +34,7 @@ def prepare_users(cfg: RunConfig) -> list[UserRecord]:
     Also settles ``task=auto`` on ``cfg`` (see ``resolve_task``), so every later reader of
     ``cfg.task`` — the heads, the clients, the config snapshot — sees the task that runs.
     """
+    check_resources(cfg)  # this machine can place the actors asked for
     d = cfg.data
     dataset = open_dataset(d.dataset)
     users = choose_users(dataset, n_users=cfg.users,
