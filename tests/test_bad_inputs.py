@@ -198,6 +198,14 @@ CASES: list[Case] = [
                                                    str(tmp / "gone.csv"))),
     Case("dataset:fashion-mnist-missing", lambda tmp: (_run(tmp, f"data.dataset=fashion-mnist:test:{tmp / 'gone'}"),
                                                        str(tmp / "gone"))),
+    # the other commands that open a prior or a dataset
+    Case("prior-sample:missing-path", lambda tmp: (["prior", "sample", "--prior", "/nonexistent/p", "--n", "1"],
+                                                   "/nonexistent/p")),
+    Case("prior-eval:missing-path", lambda tmp: (["prior", "eval", "--prior", "/nonexistent/p", "--images", "1"],
+                                                 "/nonexistent/p")),
+    Case("audit:missing-prior", lambda tmp: (["audit", "--prior", "/nonexistent/p", "--images", "1", "--mu", "1"],
+                                             "/nonexistent/p")),
+    Case("data-info:missing-folder", lambda tmp: (["data", "info", f"folder:{tmp / 'gone'}"], str(tmp / "gone"))),
     # every command that takes a run id, given a missing run
     Case("run-id:export", _missing_run(["export", "no-such-run"])),
     Case("run-id:inspect", _missing_run(["inspect", "no-such-run"])),
@@ -298,3 +306,24 @@ def _failing_job(tmp_path: Path, worker: Any) -> None:
     assert out.error is not None and out.error.startswith("PriorError: ") and str(prior) in out.error
     assert "\n" not in out.error and "\x1b[" not in out.error and "RayTaskError" not in out.error
     assert [r.error for r in out.results] == [out.error]
+
+
+def test_runs_dir_under_a_file_is_one_error_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Found when the run folder is made, so after the banner (the runner prints it first): rc 2, no traceback."""
+    import flwr.simulation
+
+    from fl_sim.cli import main
+
+    def tripwire(*a: object, **k: object) -> None:
+        raise AssertionError("the federation would start")
+
+    monkeypatch.setattr(flwr.simulation, "run_simulation", tripwire)
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setattr(sys, "argv", ["fl-sim", *_run(tmp_path / "afile", "users=2", "attack.enabled=false")])
+    with pytest.raises(SystemExit) as ex:
+        main()
+    err = capsys.readouterr().err
+    assert ex.value.code == 2 and "Traceback" not in err, err
+    errors = [ln for ln in err.splitlines() if "error" in ln]
+    assert len(errors) == 1 and str(tmp_path / "afile") in errors[0] and errors[0] == err.strip().splitlines()[-1]

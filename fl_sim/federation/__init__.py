@@ -76,10 +76,23 @@ class _ServerFailed(RuntimeError):
     """The server app stopped without a final model; its message is already the cause's one line."""
 
 
+def check_runs_dir(runs_dir: Path) -> None:
+    """``runs_dir`` is a folder that can be written, or can be made: a one-line error naming it otherwise."""
+    existing = next((p for p in (runs_dir, *runs_dir.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        raise FlSimError(f"--runs-dir {runs_dir}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise FlSimError(f"--runs-dir {runs_dir}: {existing} is not writable")
+
+
 def new_run_dir(runs_dir: Path) -> tuple[str, Path]:
+    check_runs_dir(runs_dir)
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
     run_dir = runs_dir / run_id
-    run_dir.mkdir(parents=True, exist_ok=False)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=False)
+    except OSError as exc:
+        raise FlSimError(f"--runs-dir {runs_dir}: cannot create a run folder there ({exc.strerror or exc})") from None
     return run_id, run_dir
 
 
