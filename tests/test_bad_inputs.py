@@ -152,6 +152,8 @@ CASES: list[Case] = [
     # other cross-key checks
     Case("attack.methods:unknown", lambda tmp: (_run(tmp, "attack.methods=ig,nope"), "attack.methods")),
     Case("attack.rounds:after-last", lambda tmp: (_run(tmp, "rounds=2", "attack.rounds=3"), "attack.rounds")),
+    Case("attack.methods:empty", lambda tmp: (_run(tmp, "attack.enabled=true", "attack.methods="), "attack.methods")),
+    Case("attack.users:sample-0", lambda tmp: (_run(tmp, "attack.enabled=true", "attack.users=sample:0"), "attack.users")),
     Case("attack.users:malformed-sample", lambda tmp: (_run(tmp, "attack.users=sample:x"), "attack.users")),
     Case("attack.users:not-a-run-user", _folder_case("folder", _folder, lambda t, p: "attack.users",
                                                      extra=("attack.users=user00,nobody",))),

@@ -302,6 +302,12 @@ def validate(cfg: RunConfig) -> None:
     if bad_rounds:
         raise ConfigError(f"config key 'attack.rounds': {bad_rounds} outside 1..{cfg.rounds}")
     check_user_choice(cfg.attack.users, "attack.users")
+    if cfg.attack.enabled and not cfg.attack.methods:
+        raise ConfigError("config key 'attack.methods': empty while attack.enabled=true (name a method, "
+                          "or set attack.enabled=false)")
+    if cfg.attack.enabled and cfg.attack.users.strip() == "sample:0":
+        raise ConfigError("config key 'attack.users': sample:0 attacks nobody (sample:N needs N >= 1, "
+                          "or set attack.enabled=false)")
     if cfg.clients_per_round > 1.0 and cfg.clients_per_round != int(cfg.clients_per_round):
         raise ConfigError(f"config key 'clients_per_round': a count must be whole, got {cfg.clients_per_round}")
     if cfg.clients_in_round() > cfg.users:
