@@ -16,7 +16,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fl_sim.core.config import RunConfig
 from fl_sim.core.defenses import aggregate_only, server_wrappers, user_defenses
-from fl_sim.core.errors import error_line
+from fl_sim.core.errors import error_line, reason_line
 from fl_sim.core.flwr_records import read_user, user_query
 from fl_sim.core.models import build_model, task_heads
 from fl_sim.core.records import ClientUpdate
@@ -41,7 +41,7 @@ def discover_users(grid: Grid, n_nodes: int) -> dict[int, str]:
     out = {}
     for reply in grid.send_and_receive(msgs, timeout=QUERY_TIMEOUT_S):
         if reply.has_error():
-            raise RuntimeError(f"node {reply.metadata.src_node_id} failed the user query: {reply.error.reason}")
+            raise RuntimeError(f"node {reply.metadata.src_node_id} failed the user query: {reason_line(reply.error.reason or '')}")
         out[reply.metadata.src_node_id] = read_user(reply.content)
     return out
 

@@ -329,3 +329,24 @@ def test_runs_dir_under_a_file_is_one_error_line(tmp_path: Path, monkeypatch: py
     assert ex.value.code == 2 and "Traceback" not in err, err
     errors = [ln for ln in err.splitlines() if "error" in ln]
     assert len(errors) == 1 and str(tmp_path / "afile") in errors[0] and errors[0] == err.strip().splitlines()[-1]
+
+
+def test_a_client_app_error_reason_becomes_the_original_line() -> None:
+    """Flower reports a raising ClientApp as ``<class ...>:<'...Ray traceback...'>``: the original line is kept."""
+    import traceback
+
+    from flwr.clientapp.client_app import ClientAppException
+    from ray.exceptions import RayTaskError
+
+    from fl_sim.core.errors import reason_line
+
+    try:
+        try:
+            raise ValueError("boom: bad \x1b[31mpixel\x1b[0m")
+        except ValueError as ex:
+            raise ClientAppException(str(ex)) from ex
+    except ClientAppException as ce:
+        wrapped = RayTaskError("ClientAppActor.run", traceback.format_exc(), ce).as_instanceof_cause()
+        assert reason_line(str(type(wrapped)) + ":<'" + str(wrapped) + "'>") == "ValueError: boom: bad pixel"
+        assert reason_line(str(type(ce)) + ":<'" + str(ce) + "'>") == "boom: bad pixel"
+    assert reason_line("") == "no reason given"
