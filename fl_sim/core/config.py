@@ -116,7 +116,8 @@ class RunConfig:
     protocol: str = _f("fedavg", "fedsgd: one full-batch gradient step | fedavg: local epochs of mini-batch SGD",
                        choices=("fedsgd", "fedavg"))
     task: str = _f("auto", "auto: attributes where the data has gender/age labels, else identity (the run says "
-                           "which) | attributes: gender + age-band heads | identity: one class per user",
+                           "which) | attributes: gender + age-band heads | identity: one class per user (needs users >= 2: "
+                           "one class has nothing to learn, refused)",
                    choices=("auto", "attributes", "identity"))
     lr: float = _f(0.01, "client learning rate (eta)", min_exclusive=0.0)
     local_epochs: int = _f(1, "FedAvg: local epochs per round", min=1)
