@@ -200,6 +200,10 @@ CASES: list[Case] = [
                                                    str(tmp / "gone.csv"))),
     Case("dataset:fashion-mnist-missing", lambda tmp: (_run(tmp, f"data.dataset=fashion-mnist:test:{tmp / 'gone'}"),
                                                        str(tmp / "gone"))),
+    # sweeps: every grid point is validated before the first federation
+    Case("sweep:bad-grid-value", lambda tmp: (["sweep", "--runs-dir", str(tmp / "runs"), "--grid", "lr=0.1,-1"], "'lr'")),
+    Case("sweep:bad-grid-key", lambda tmp: (["sweep", "--runs-dir", str(tmp / "runs"), "--grid", "data.nope=1,2"],
+                                            "data.nope")),
     # the other commands that open a prior or a dataset
     Case("prior-sample:missing-path", lambda tmp: (["prior", "sample", "--prior", "/nonexistent/p", "--n", "1"],
                                                    "/nonexistent/p")),
@@ -240,7 +244,10 @@ def test_bad_input_refused(case: Case, tmp_path: Path, monkeypatch: pytest.Monke
     def tripwire(*a: object, **k: object) -> None:
         raise AssertionError(f"{case.id}: validation let it through; the federation would start")
 
+    import fl_sim.federation
+
     monkeypatch.setattr(runner, "run_federation", tripwire)
+    monkeypatch.setattr(fl_sim.federation, "run_federation", tripwire)  # sweep imports it when called
     argv, named = case.make(tmp_path)
     capsys.readouterr()  # what setting up the case printed
     monkeypatch.setattr(sys, "argv", ["fl-sim", *argv])
