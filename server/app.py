@@ -16,6 +16,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fl_sim.core.config import RunConfig
 from fl_sim.core.defenses import aggregate_only, server_wrappers, user_defenses
+from fl_sim.core.errors import error_line, reason_line
 from fl_sim.core.flwr_records import read_user, user_query
 from fl_sim.core.models import build_model, task_heads
 from fl_sim.core.records import ClientUpdate
@@ -40,7 +41,7 @@ def discover_users(grid: Grid, n_nodes: int) -> dict[int, str]:
     out = {}
     for reply in grid.send_and_receive(msgs, timeout=QUERY_TIMEOUT_S):
         if reply.has_error():
-            raise RuntimeError(f"node {reply.metadata.src_node_id} failed the user query: {reply.error.reason}")
+            raise RuntimeError(f"node {reply.metadata.src_node_id} failed the user query: {reason_line(reply.error.reason or '')}")
         out[reply.metadata.src_node_id] = read_user(reply.content)
     return out
 
@@ -117,7 +118,7 @@ def serve(grid: Grid, cfg: RunConfig, users: list[str], run_dir: Path,
             outcome["final_arrays"] = final
     except BaseException as exc:  # recorded for the caller: Flower only logs server errors
         if outcome is not None:
-            outcome["error"] = f"{exc.__class__.__name__}: {exc}"
+            outcome["error"] = error_line(exc)  # the original exception's line, never a Ray wrapper
         raise
     finally:
         if dispatcher is not None:

@@ -11,6 +11,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
+from fl_sim.core.errors import reason_line
 from fl_sim.core.flwr_records import read_evaluation, read_update
 from fl_sim.core.records import ClientUpdate
 
@@ -98,7 +99,7 @@ class RecordingStrategy(Strategy):
             m = failed[0]
             user = self.user_of_node.get(m.metadata.src_node_id, m.metadata.src_node_id)
             raise RuntimeError(f"client of user {user} failed in round {server_round}: "
-                               f"{m.error.reason.strip().splitlines()[-1] if m.error.reason else 'no reason given'}")
+                               f"{reason_line(m.error.reason or '')}")
         # Replies arrive in whatever order the actors finish; summing them in user order makes the
         # aggregate bit-for-bit the same from run to run (float addition is not associative).
         replies.sort(key=lambda m: str(self.user_of_node.get(m.metadata.src_node_id, m.metadata.src_node_id)))

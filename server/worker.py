@@ -18,6 +18,7 @@ import torch
 
 from attacks.methods import AttackConfig, run_attack
 from attacks.observation import Observation
+from fl_sim.core.errors import error_line
 from fl_sim.core.records import AttackResult
 from server.observe import RoundReplies
 
@@ -122,7 +123,7 @@ class AttackWorker:
                 recs[method] = run_attack(method, obs, prior, job.attack_configs[method])
             out.results = self._score(job, recs)
         except Exception as exc:  # noqa: BLE001 - recorded as the job's failure, with its error
-            out.error = f"{exc.__class__.__name__}: {exc}"
+            out.error = error_line(exc)
             trace = traceback.format_exc(limit=3)
             out.results = [AttackResult(t, m, "failed", error=out.error, trace=trace)
                            for t in job.targets for m in job.methods]

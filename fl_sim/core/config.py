@@ -158,7 +158,8 @@ class RunConfig:
     protocol: str = _f("fedavg", "fedsgd: one full-batch gradient step | fedavg: local epochs of mini-batch SGD",
                        choices=("fedsgd", "fedavg"))
     task: str = _f("auto", "auto: attributes where the data has gender/age labels, else identity (the run says "
-                           "which) | attributes: gender + age-band heads | identity: one class per user",
+                           "which) | attributes: gender + age-band heads | identity: one class per user (needs users >= 2: "
+                           "one class has nothing to learn, refused)",
                    choices=("auto", "attributes", "identity"))
     lr: float = _f(0.01, "client learning rate (eta)", min_exclusive=0.0)
     local_epochs: int = _f(1, "FedAvg: local epochs per round", min=1)
@@ -356,11 +357,80 @@ def validate(cfg: RunConfig) -> None:
     if bad_rounds:
         raise ConfigError(f"config key 'attack.rounds': {bad_rounds} outside 1..{cfg.rounds}")
     check_user_choice(cfg.attack.users, "attack.users")
+    if cfg.attack.enabled and not cfg.attack.methods:
+        raise ConfigError("config key 'attack.methods': empty while attack.enabled=true (name a method, "
+                          "or set attack.enabled=false)")
+    if cfg.attack.enabled and cfg.attack.users.strip() == "sample:0":
+        raise ConfigError("config key 'attack.users': sample:0 attacks nobody (sample:N needs N >= 1, "
+                          "or set attack.enabled=false)")
     if cfg.clients_per_round > 1.0 and cfg.clients_per_round != int(cfg.clients_per_round):
         raise ConfigError(f"config key 'clients_per_round': a count must be whole, got {cfg.clients_per_round}")
     if cfg.clients_in_round() > cfg.users:
         raise ConfigError(f"config key 'clients_per_round': {cfg.clients_in_round()} clients per round but only {cfg.users} users")
     validate_defenses(cfg)
+    check_attack_prior(cfg)
+    check_model(cfg)
+
+
+def check_model(cfg: RunConfig) -> None:
+    """A built-in model builds with this width, norm and image size (on the meta device: no memory, no weights).
+
+    Plugins' models are left to their own checks: their constructors may do more than lay out layers.
+    """
+    import torch
+
+    from fl_sim.core.models import MODELS, build_model, task_heads
+
+    if next((e.origin for e in MODELS if e.name == cfg.model.name), None) != "builtin":
+        return
+    try:
+        with torch.device("meta"):
+            build_model(cfg.model.name, task_heads("identity", ["a", "b"]), cfg.data.image_size, cfg.model.width,
+                        cfg.seed, cfg.model.norm)
+    except (ValueError, RuntimeError, TypeError) as exc:
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:160]
+        raise ConfigError(f"config key 'model.width': model {cfg.model.name} (norm {cfg.model.norm}, image_size "
+                          f"{cfg.data.image_size}) cannot be built with width {cfg.model.width}: {first}") from None
+
+
+def check_resources(cfg: RunConfig) -> None:
+    """What the Ray actors ask for exists on this machine: an unschedulable actor would wait forever.
+
+    Checked when a run is about to start (``prepare_users``), not by ``load_config``: a config may
+    be written on one machine for another.
+    """
+    import os
+
+    sim, a = cfg.simulation, cfg.attack
+    cpus = sim.ray_num_cpus or os.cpu_count() or 1
+    if sim.client_cpus > cpus:
+        raise ConfigError(f"config key 'simulation.client_cpus': {sim.client_cpus} CPUs per client, "
+                          f"but Ray has {cpus} (simulation.ray_num_cpus)")
+    if a.enabled and a.worker_cpus + sim.client_cpus > cpus:
+        raise ConfigError(f"config key 'attack.worker_cpus': {a.worker_cpus} for the attack worker plus "
+                          f"{sim.client_cpus} per client exceed the {cpus} CPUs Ray has")
+    gpus_asked = [(k, v) for k, v in (("simulation.client_gpus", sim.client_gpus),
+                                     ("attack.worker_gpus", a.worker_gpus if a.enabled else 0.0)) if v > 0]
+    if gpus_asked:
+        import torch
+
+        have = torch.cuda.device_count()
+        for key, v in gpus_asked:
+            if have == 0 or v > have:
+                raise ConfigError(f"config key '{key}': {v} GPU(s) asked, this machine has {have}")
+
+
+def check_attack_prior(cfg: RunConfig) -> None:
+    """``attack.prior`` names a prior that can be opened (its config read, not its weights), when an attack uses it."""
+    if not cfg.attack.enabled or "diffusion" not in cfg.attack.methods:
+        return
+    from attacks.priors import PriorError, check_prior
+    from fl_sim.core import priors  # noqa: F401 - registers the embedded prior
+
+    try:
+        check_prior(cfg.attack.prior)
+    except PriorError as exc:
+        raise ConfigError(f"config key 'attack.prior': {exc}") from None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -408,4 +478,21 @@ def documented_keys(cfg: Any | None = None, prefix: str = "") -> list[tuple[str,
             out.extend(documented_keys(value, f"{prefix}{f.name}."))
         else:
             out.append((f"{prefix}{f.name}", value, doc_text(f.metadata)))
+    return out
+
+
+BOUNDS = ("min", "max", "min_exclusive", "choices")
+
+
+def key_bounds(cfg: Any | None = None, prefix: str = "") -> list[tuple[str, Any, dict[str, Any]]]:
+    """(dotted key, default, bounds) for every leaf key that has a bound (min, max, min_exclusive, choices)."""
+    cfg = cfg if cfg is not None else RunConfig()
+    out: list[tuple[str, Any, dict[str, Any]]] = []
+    hints = get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if _is_section(hints[f.name]):
+            out.extend(key_bounds(value, f"{prefix}{f.name}."))
+        elif bounds := {k: v for k, v in f.metadata.items() if k in BOUNDS}:
+            out.append((f"{prefix}{f.name}", value, bounds))
     return out

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fl_sim.core.config import RunConfig, to_dict, to_toml
+from fl_sim.core.config import RunConfig, check_resources, to_dict, to_toml
 from fl_sim.core.data import UserRecord, choose_users, open_dataset
-from fl_sim.core.errors import ConfigError, FlSimError
+from fl_sim.core.errors import ConfigError, FlSimError, error_line
 from fl_sim.core.store import FAILED, FINISHED, RunStore
 
 
@@ -34,10 +34,18 @@ def prepare_users(cfg: RunConfig) -> list[UserRecord]:
     Also settles ``task=auto`` on ``cfg`` (see ``resolve_task``), so every later reader of
     ``cfg.task`` — the heads, the clients, the config snapshot — sees the task that runs.
     """
+    check_resources(cfg)  # this machine can place the actors asked for
     d = cfg.data
-    users = choose_users(open_dataset(d.dataset), n_users=cfg.users,
+    dataset = open_dataset(d.dataset)
+    users = choose_users(dataset, n_users=cfg.users,
                          need=max(d.min_photos_per_user, d.photos_per_user + d.holdout_per_user))
+    dataset.check([u.user for u in users])  # every photo the run will read decodes: a bad file named now, not in Ray
     cfg.task = resolve_task(cfg, users)
+    from fl_sim.core.defenses import user_defenses
+
+    names = [u.user for u in users]
+    cfg.attacked_users(names)  # named attack targets must be run users (init_run checks again: API callers)
+    user_defenses(cfg, names)  # likewise users named by a defense
     return users
 
 
@@ -49,19 +57,42 @@ def resolve_task(cfg: RunConfig, users: list[UserRecord]) -> str:
     either is a config error: every label would be unknown, every loss 0 and every update empty.
     """
     labelled = [u.user for u in users if any(u.attributes.get(k) for k in ("gender", "age_band"))]
-    if cfg.task == "auto":
-        return "attributes" if len(labelled) == len(users) else "identity"
-    if cfg.task == "attributes" and not labelled:
+    task = cfg.task
+    if task == "auto":
+        task = "attributes" if len(labelled) == len(users) else "identity"
+    elif task == "attributes" and not labelled:
         raise ConfigError(f"config key 'task': attributes needs gender/age labels, but none of the {len(users)} users "
                           f"of dataset {cfg.data.dataset!r} has any (add an attributes.csv with user,gender,age, "
                           "or use task=identity)")
-    return cfg.task
+    if task == "identity" and len(users) < 2:
+        # One user is one class: the loss is 0 and every update empty, so there is nothing to train or attack.
+        raise ConfigError(f"config key 'users': task identity with {len(users)} user has one class, nothing to learn "
+                          f"(dataset {cfg.data.dataset!r}{'' if labelled else ' has no gender/age labels'}; "
+                          "set users >= 2, or task=attributes with an attributes.csv)")
+    return task
+
+
+class _ServerFailed(RuntimeError):
+    """The server app stopped without a final model; its message is already the cause's one line."""
+
+
+def check_runs_dir(runs_dir: Path) -> None:
+    """``runs_dir`` is a folder that can be written, or can be made: a one-line error naming it otherwise."""
+    existing = next((p for p in (runs_dir, *runs_dir.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        raise FlSimError(f"--runs-dir {runs_dir}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise FlSimError(f"--runs-dir {runs_dir}: {existing} is not writable")
 
 
 def new_run_dir(runs_dir: Path) -> tuple[str, Path]:
+    check_runs_dir(runs_dir)
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
     run_dir = runs_dir / run_id
-    run_dir.mkdir(parents=True, exist_ok=False)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=False)
+    except OSError as exc:
+        raise FlSimError(f"--runs-dir {runs_dir}: cannot create a run folder there ({exc.strerror or exc})") from None
     return run_id, run_dir
 
 
@@ -125,11 +156,12 @@ def run_federation(cfg: RunConfig, runs_dir: Path,
                        client_app=make_client_app(cfg, ids), num_supernodes=len(ids),
                        backend_name="ray", backend_config=backend_config(cfg))
         if "final_arrays" not in outcome:
-            raise RuntimeError(outcome.get("error", "the server app stopped before the last round"))
+            raise _ServerFailed(outcome.get("error", "the server app stopped before the last round"))
         store.finish_run(FINISHED, summary={"rounds": cfg.rounds})
         return RunResult(run_id, run_dir, FINISHED, time.time() - t0)
     except BaseException as exc:
-        msg = f"{exc.__class__.__name__}: {exc}".splitlines()[0]
+        # The original exception's one line: Ray's wrappers unwrapped, escape codes removed.
+        msg = str(exc) if isinstance(exc, _ServerFailed) else error_line(exc)
         store.finish_run(FAILED, error=msg)
         if isinstance(exc, (KeyboardInterrupt, FlSimError)):
             raise

@@ -62,6 +62,12 @@ class FaceDataset(ABC):
         """All photos of ``user`` at ``size`` x ``size`` as floats in [-1, 1]."""
         return to_tensor(self.photos_uint8(user), size)
 
+    def check(self, users: list[str]) -> None:
+        """Raise a ``DataError`` naming the first photo of ``users`` that cannot be read; before a run starts.
+
+        Datasets of image files decode each one (nothing is kept); in-memory ones have nothing to check.
+        """
+
 
 def to_tensor(arr: np.ndarray, size: int) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> float (N, 3, size, size) in [-1, 1]; area-downsampling keeps faces sharp."""
@@ -84,6 +90,17 @@ def decode_image(data: bytes | Path, where: str) -> np.ndarray:
             return np.asarray(im, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"cannot read image {where}: {exc.__class__.__name__}") from None
+
+
+def check_images(paths: list[Path]) -> None:
+    """Decode every file (pixels included, so a truncated one fails too); a ``DataError`` names the first bad one."""
+    for p in paths:
+        try:
+            with Image.open(p) as opened:
+                opened.load()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else exc.__class__.__name__
+            raise DataError(f"cannot read image {p}: {reason}") from None
 
 
 def stack_same_size(images: list[np.ndarray], where: str) -> np.ndarray:
@@ -109,11 +126,11 @@ def choose_users(dataset: FaceDataset, *, n_users: int, need: int) -> list[UserR
         chosen.append(rec)
         if len(chosen) == n_users:
             break
-    if skipped:
-        log.warning("skipped %d users with fewer than %d photos in %s", len(skipped), need, dataset.spec)
     if len(chosen) < n_users:
         raise DataError(f"dataset {dataset.spec} has {len(chosen)} users with >= {need} photos, "
-                        f"{n_users} requested (config key 'users')")
+                        f"{n_users} requested (config key 'users'; {len(skipped)} with fewer skipped)")
+    if skipped:
+        log.warning("skipped %d users with fewer than %d photos in %s", len(skipped), need, dataset.spec)
     return chosen
 
 

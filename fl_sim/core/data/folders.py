@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fl_sim.core.data.base import IMAGE_SUFFIXES, FaceDataset, UserRecord, decode_image, stack_same_size
+from fl_sim.core.data.base import IMAGE_SUFFIXES, FaceDataset, UserRecord, check_images, decode_image, stack_same_size
 from fl_sim.core.errors import DataError
 from fl_sim.core.evaluators.face import AGE_BANDS, GENDERS, age_band
 
@@ -88,6 +88,12 @@ class FolderFaces(FaceDataset):
             raise DataError(f"no user folder {self.root / user}")
         return stack_same_size([decode_image(p, str(p)) for p in self._files[user]], str(self.root / user))
 
+    def check(self, users: list[str]) -> None:
+        for user in users:
+            if user not in self._files:
+                raise DataError(f"no user folder {self.root / user}")
+            check_images(self._files[user])
+
 
 class LfwFaces(FolderFaces):
     """Labeled Faces in the Wild: PATH is the lfw (or lfw-deepfunneled) folder or its parent."""
@@ -167,3 +173,13 @@ class CelebAFaces(FaceDataset):
             if not p.exists():
                 raise DataError(f"celeba image listed but missing: {p}")
         return stack_same_size([decode_image(p, str(p)) for p in paths], str(self.images))
+
+    def check(self, users: list[str]) -> None:
+        for user in users:
+            if user not in self._files:
+                raise DataError(f"no identity {user!r} in {self.root / 'identity_CelebA.txt'}")
+            paths = [self.images / f for f in self._files[user]]
+            for p in paths:
+                if not p.exists():
+                    raise DataError(f"celeba image listed but missing: {p}")
+            check_images(paths)
