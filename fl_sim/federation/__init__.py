@@ -164,7 +164,8 @@ def run_federation(cfg: RunConfig, runs_dir: Path,
         store.close()
         _shutdown_ray(guard)
         if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
+            signal.signal(signal.SIGTERM, old_term[0])
+            signal.signal(signal.SIGINT, old_term[1])
 
 
 class Terminated(KeyboardInterrupt):
@@ -172,15 +173,16 @@ class Terminated(KeyboardInterrupt):
 
 
 def _on_sigterm() -> Any:
-    """SIGTERM raises ``Terminated`` in the main thread while a run goes; returns the previous handler
-    (None off the main thread, where handlers cannot be set)."""
+    """SIGTERM and SIGINT raise ``Terminated`` in the main thread while a run goes; returns the previous
+    handlers (None off the main thread, where handlers cannot be set)."""
     if threading.current_thread() is not threading.main_thread():
         return None
 
     def handler(signum: int, frame: Any) -> None:
-        raise Terminated("terminated by SIGTERM")
+        raise Terminated(f"terminated by {signal.Signals(signum).name}")
 
-    return signal.signal(signal.SIGTERM, handler)
+    # SIGINT too: Python's default handler was not always reached while Flower's loop waited.
+    return signal.signal(signal.SIGTERM, handler), signal.signal(signal.SIGINT, handler)
 
 
 def _shutdown_ray(guard: ProcessGuard) -> None:
@@ -190,6 +192,7 @@ def _shutdown_ray(guard: ProcessGuard) -> None:
     main = threading.current_thread() is threading.main_thread()
     if main:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         ray = sys.modules.get("ray")
         if ray is not None and ray.is_initialized():
@@ -200,4 +203,4 @@ def _shutdown_ray(guard: ProcessGuard) -> None:
         guard.stop()
     finally:
         if main:
-            signal.signal(signal.SIGINT, old_int)
+            signal.signal(signal.SIGINT, old_int)  # SIGTERM's handler is put back by run_federation
