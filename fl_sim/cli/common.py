@@ -47,7 +47,7 @@ def run_dir(runs_dir: Path, run: str) -> Path:
     """A run's folder: ``run`` itself when it is one, else ``runs_dir/run``; a one-line error when absent."""
     d = Path(run) if Path(run).is_dir() and (Path(run) / "store.sqlite").exists() else runs_dir / run
     if not (d / "store.sqlite").exists():
-        raise FlSimError(f"no run {run!r} in {runs_dir} (fl-sim runs lists them)")
+        raise FlSimError(f"no run {run!r} in {runs_dir}: {d / 'store.sqlite'} does not exist (fl-sim runs lists them)")
     return d
 
 

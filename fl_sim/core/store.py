@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fl_sim.core.errors import FlSimError
 from fl_sim.core.records import AttackResult, ClientUpdate
 
 SCHEMA = """
@@ -37,9 +38,35 @@ CREATE TABLE IF NOT EXISTS attacks (
 """
 
 RUNNING, FINISHED, FAILED, NOT_FINISHED = "running", "finished", "failed", "not-finished"
+# An attack that was queued or running when its run ended (killed, crashed, failed): it never will finish.
+UNFINISHED = "unfinished"
+_PENDING = ("queued", "running")
 
 
-def _pid_alive(pid: int | None) -> bool:
+class StoreError(FlSimError):
+    """A run store that cannot be read: missing, truncated, locked, or not an fl-sim store. Names the file."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.reason = reason
+
+
+def process_started(pid: int) -> float | None:
+    """When process ``pid`` started (epoch seconds, from /proc), or None when it is gone or unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        ticks = int(stat[stat.rfind(")") + 2:].split()[19])
+        with open("/proc/stat") as f:
+            btime = next(int(ln.split()[1]) for ln in f if ln.startswith("btime"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return btime + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _pid_alive(pid: int | None, since: float | None = None) -> bool:
+    """Whether ``pid`` still runs — and, given ``since`` (when it wrote the run), is the same process:
+    a process id reused by a later process started after ``since``."""
     if not pid:
         return False
     try:
@@ -47,7 +74,11 @@ def _pid_alive(pid: int | None) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
+    if since is not None:
+        started = process_started(pid)
+        if started is not None and started > since + 2.0:  # /proc's boot time has 1 s resolution
+            return False
     return True
 
 
@@ -58,13 +89,30 @@ class RunStore:
         """``threads``: the connection may be used from a thread other than its creator's (one at a time)."""
         self.path = path
         self.dir = path.parent
+        self._status: str | None = None
         if readonly:
-            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+            if not path.is_file():
+                raise StoreError(path, "no run store there")
+            try:
+                self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+                tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            except sqlite3.Error as exc:
+                raise StoreError(path, f"unreadable run store ({exc})") from None
+            if not {"run", "attacks"} <= tables:
+                self._db.close()
+                raise StoreError(path, "not an fl-sim run store (no run/attacks tables)")
         else:
             self._db = sqlite3.connect(path, timeout=30, check_same_thread=not threads)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(SCHEMA)
         self._db.row_factory = sqlite3.Row
+
+    def _read(self, sql: str) -> list[sqlite3.Row]:
+        """A query's rows; a corrupt, truncated or locked file is a one-line ``StoreError`` naming it."""
+        try:
+            return list(self._db.execute(sql).fetchall())
+        except sqlite3.Error as exc:
+            raise StoreError(self.path, f"unreadable run store ({exc})") from None
 
     def close(self) -> None:
         self._db.close()
@@ -162,22 +210,35 @@ class RunStore:
 
     # -- reads ---------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        row = self._db.execute("SELECT * FROM run").fetchone()
-        if row is None:
+        rows = self._read("SELECT * FROM run")
+        if not rows:
             return {}
-        out = dict(row)
-        out["config"] = json.loads(out["config"] or "{}")
-        out["summary"] = json.loads(out["summary"] or "{}")
-        if out["status"] == RUNNING and not _pid_alive(out["pid"]):
+        out = dict(rows[0])
+        try:
+            out["config"] = json.loads(out["config"] or "{}")
+            out["summary"] = json.loads(out["summary"] or "{}")
+        except ValueError as exc:
+            raise StoreError(self.path, f"unreadable run store (bad JSON in the run row: {exc})") from None
+        if out["status"] == RUNNING and not _pid_alive(out["pid"], out.get("created")):
             out["status"] = NOT_FINISHED  # the process that wrote it is gone: killed or crashed
+        self._status = out["status"]
         return out
+
+    def status(self) -> str | None:
+        """The run's status as ``run()`` derives it (read once per store object)."""
+        if self._status is None:
+            self.run()
+        return self._status
 
     def _rows(self, sql: str, json_cols: tuple[str, ...] = ()) -> list[dict[str, Any]]:
         out = []
-        for row in self._db.execute(sql).fetchall():
+        for row in self._read(sql):
             d = dict(row)
-            for c in json_cols:
-                d[c] = json.loads(d[c]) if d.get(c) else {}
+            try:
+                for c in json_cols:
+                    d[c] = json.loads(d[c]) if d.get(c) else {}
+            except ValueError as exc:
+                raise StoreError(self.path, f"unreadable run store (bad JSON: {exc})") from None
             out.append(d)
         return out
 
@@ -191,7 +252,14 @@ class RunStore:
         return self._rows("SELECT * FROM updates ORDER BY round, id", ("layer_norms", "defenses", "metrics"))
 
     def attacks(self) -> list[dict[str, Any]]:
-        return self._rows("SELECT * FROM attacks ORDER BY round, id", ("metrics", "defenses"))
+        """Every attack row; one still ``queued``/``running`` in a run that is over (finished, failed,
+        or its writer gone) reads ``unfinished``: nothing will ever take it up."""
+        rows = self._rows("SELECT * FROM attacks ORDER BY round, id", ("metrics", "defenses"))
+        if any(a["status"] in _PENDING for a in rows) and self.status() != RUNNING:
+            for a in rows:
+                if a["status"] in _PENDING:
+                    a["status"] = UNFINISHED
+        return rows
 
     def export(self) -> dict[str, Any]:
         """Everything about the run, for scripts; image paths are absolute."""
@@ -225,6 +293,8 @@ def list_runs(runs_dir: Path) -> list[dict[str, Any]]:
                          "rounds_done": len(rounds), "rounds": run.get("config", {}).get("rounds"),
                          "users": n_users, "seconds": run.get("seconds"),
                          "accuracy": rounds[-1]["accuracy"] if rounds else None})
+        except StoreError as exc:
+            rows.append({"id": d.name, "status": f"unreadable ({exc.reason})"})
         except sqlite3.Error as exc:
             rows.append({"id": d.name, "status": f"unreadable ({exc})"})
     return rows

@@ -94,6 +94,18 @@ def context_text(ctx: dict[str, float]) -> str:
             f"(mean {ctx['within_user_mean']:.2f}); different users at {ctx['between_user_mean']:.2f} on average")
 
 
+def no_attacks_line(name: str, run: dict[str, Any]) -> str:
+    """Why a run has no attack rows: attacks were off, or the run ended before any ran (and what was configured)."""
+    att = run.get("config", {}).get("attack", {})
+    if not att.get("enabled"):
+        return f"run {name} has no attacks (set attack.enabled=true)"
+    when = (f"rounds {', '.join(map(str, att['rounds']))}" if att.get("rounds")
+            else f"every {att.get('every', 1)} round(s) from round 1")
+    return (f"run {name} ({run.get('status')}, {run.get('config', {}).get('rounds')} rounds configured) ran no attack "
+            f"before it ended; configured: methods {', '.join(att.get('methods') or []) or '-'}, {when}, "
+            f"users {att.get('users', 'all')}")
+
+
 def inspect_report(run_dir: Path, user: str | None = None, rnd: int | None = None) -> tuple[dict[str, Any], list[RenderableType]]:
     """`fl-sim inspect`: (the JSON document, what the table view prints) for one user's panel or the whole run."""
     from fl_sim.experiments.inspect_run import attack_summary, attack_table, context_lines, user_panel
@@ -104,10 +116,12 @@ def inspect_report(run_dir: Path, user: str | None = None, rnd: int | None = Non
         return ({"panel": str(path), "attacks": rows, "context": ctx},
                 [*attacks_report(rows, f"user {user}"), context_text(ctx), f"panel: {path}"])
     st = RunStore(run_dir / "store.sqlite", readonly=True)
-    rows, summary = attack_table(st), attack_summary(st)
-    st.close()
+    try:
+        rows, summary, run = attack_table(st), attack_summary(st), st.run()
+    finally:
+        st.close()
     if not rows:
-        return {"attacks": rows, "summary": summary}, [f"run {run_dir.name} has no attacks (set attack.enabled=true)"]
+        return {"attacks": rows, "summary": summary}, [no_attacks_line(run_dir.name, run)]
     return {"attacks": rows, "summary": summary}, [*attacks_report(rows, f"attacks in {run_dir.name}"),
                                                    *summary_lines(summary)]
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +18,7 @@ from fl_sim.core.config import RunConfig, check_resources, to_dict, to_toml
 from fl_sim.core.data import UserRecord, choose_users, open_dataset
 from fl_sim.core.errors import ConfigError, FlSimError, error_line
 from fl_sim.core.store import FAILED, FINISHED, RunStore
+from fl_sim.federation.processes import ProcessGuard, reap_orphans
 
 
 @dataclass(frozen=True)
@@ -105,8 +109,27 @@ def quiet_flower() -> None:
     logging.getLogger("flwr").setLevel(logging.ERROR)
 
 
+def ray_on_loopback() -> bool:
+    """Make the Ray that a simulation starts bind 127.0.0.1 only (GCS, raylet, agents, workers, driver).
+
+    Ray replaces a node address of 127.0.0.1 by the machine's address unless its "cluster" mode is
+    off (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read when ray is imported, hence also the constant);
+    with the loopback node address, Ray's gRPC servers listen on 127.0.0.1 instead of 0.0.0.0.
+    ``RAY_ADDRESS`` set: the user attaches to a cluster on purpose, and nothing is changed.
+    """
+    if os.environ.get("RAY_ADDRESS"):
+        return False
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:
+        constants.ENABLE_RAY_CLUSTER = False  # type: ignore[attr-defined]
+    return True
+
+
 def backend_config(cfg: RunConfig) -> dict[str, Any]:
     init: dict[str, Any] = {"include_dashboard": False, "logging_level": "error", "log_to_driver": False}
+    if ray_on_loopback():
+        init["_node_ip_address"] = "127.0.0.1"
     if cfg.simulation.ray_num_cpus:
         init["num_cpus"] = cfg.simulation.ray_num_cpus
     return {"client_resources": {"num_cpus": cfg.simulation.client_cpus, "num_gpus": cfg.simulation.client_gpus},
@@ -146,8 +169,11 @@ def run_federation(cfg: RunConfig, runs_dir: Path,
     from server.app import make_server_app
 
     ids, run_id, run_dir = init_run(cfg, runs_dir)
+    reap_orphans(runs_dir)  # Ray processes left by an earlier run whose driver was SIGKILLed
     store = RunStore(run_dir / "store.sqlite")
     t0 = time.time()
+    guard = ProcessGuard(run_dir).start()
+    old_term = _on_sigterm()
     try:
         quiet_flower()
         os.environ["FLWR_HOME"] = str(run_dir / "flwr_home")
@@ -168,3 +194,45 @@ def run_federation(cfg: RunConfig, runs_dir: Path,
         return RunResult(run_id, run_dir, FAILED, time.time() - t0, msg)
     finally:
         store.close()
+        _shutdown_ray(guard)
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term[0])
+            signal.signal(signal.SIGINT, old_term[1])
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during a run: unwinds like Ctrl-C, so the store is marked and every process stopped."""
+
+
+def _on_sigterm() -> Any:
+    """SIGTERM and SIGINT raise ``Terminated`` in the main thread while a run goes; returns the previous
+    handlers (None off the main thread, where handlers cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated(f"terminated by {signal.Signals(signum).name}")
+
+    # SIGINT too: Python's default handler was not always reached while Flower's loop waited.
+    return signal.signal(signal.SIGTERM, handler), signal.signal(signal.SIGINT, handler)
+
+
+def _shutdown_ray(guard: ProcessGuard) -> None:
+    """Ray's own shutdown first (Flower's backend does it on a normal end), then every process the
+    run started that is still alive, by its recorded pid; a second Ctrl-C cannot cut this short."""
+    old_int = signal.getsignal(signal.SIGINT)
+    main = threading.current_thread() is threading.main_thread()
+    if main:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            try:
+                ray.shutdown()
+            except Exception:  # noqa: BLE001 - best effort: the guard below stops what remains
+                pass
+        guard.stop()
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, old_int)  # SIGTERM's handler is put back by run_federation
