@@ -50,6 +50,8 @@ class Bar:
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         self._total = total
+        self._done: int | None = None  # the last count, when given before the bar started
+        self._fields: dict[str, Any] = {}
         self._fresh = True  # the first count may start past 0: it is where the bar begins, not speed
 
     def __enter__(self) -> Bar:
@@ -68,7 +70,9 @@ class Bar:
                                   TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("ETA"),
                                   _Eta(), console=self.console, redirect_stdout=False,
                                   refresh_per_second=4, speed_estimate_period=3600.0)
-        self._task = self._progress.add_task(self.label, total=self._total)
+        self._task = self._progress.add_task(self.label, total=self._total, completed=self._done or 0,
+                                             **self._fields)
+        self._fresh = self._done is None
         self._progress.start()
 
     def stop(self) -> None:
@@ -81,8 +85,10 @@ class Bar:
         """``done`` of ``total``; ``eta``: the caller's own estimate of the seconds left (else the bar's speed)."""
         if total is not None:
             self._total = total
+        fields = {} if eta is None else {"eta_at": time.monotonic() + eta}
+        if self._progress is None:
+            self._done, self._fields = done, fields
         if self._progress is not None and self._task is not None:
-            fields = {} if eta is None else {"eta_at": time.monotonic() + eta}
             if self._fresh:
                 self._fresh = False
                 self._progress.reset(self._task, completed=done, total=self._total, **fields)

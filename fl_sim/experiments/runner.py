@@ -57,9 +57,9 @@ def follow_drain(bar: Bar) -> Callable[[Any], None]:
     def follow(st: Any) -> None:
         if not st.draining:
             return  # a job the pump collected before the drain began: the drain's first call counts it
-        bar.start()
         bar.describe(drain_label(st))
         bar.update(st.attacks_done, st.attacks_total, eta=st.eta)
+        bar.start()
         if st.over:
             bar.stop()
 
