@@ -85,7 +85,7 @@ class Bar:
         """``done`` of ``total``; ``eta``: the caller's own estimate of the seconds left (else the bar's speed)."""
         if total is not None:
             self._total = total
-        fields = {} if eta is None else {"eta_at": time.monotonic() + eta}
+        fields: dict[str, Any] = {} if eta is None else {"eta_at": time.monotonic() + eta}
         if self._progress is None:
             self._done, self._fields = done, fields
         if self._progress is not None and self._task is not None:
