@@ -93,3 +93,18 @@ def test_a_run_on_a_pipe_stays_plain_and_stdout_is_json(tmp_path: Path) -> None:
     assert ESC not in r.stderr and ESC not in r.stdout
     assert "federation done; waiting for" in r.stderr
     assert "━" not in r.stderr and "ETA" not in r.stderr  # no bar on a pipe
+
+
+def test_audit_and_prior_eval_step_through_their_stages_to_the_end() -> None:
+    """The counts the audit and prior-eval bars draw: from 0 of the total, never back, ending at the total."""
+    from fl_sim.experiments.audit import AuditSettings, run_audit
+    from fl_sim.experiments.prior_eval import SIGMAS, prior_report
+
+    steps: list[tuple[int, int]] = []
+    run_audit([0.001, 64], AuditSettings(data="mnist:test", images=2, ddim_steps=1, samples=1),
+              step=lambda d, t: steps.append((d, t)))
+    assert steps[0] == (0, 2) and steps[-1] == (2, 2) and [d for d, _ in steps] == sorted(d for d, _ in steps)
+
+    steps.clear()
+    prior_report("faces32", 2, memo=False, step=lambda d, t: steps.append((d, t)))
+    assert steps == [(i, len(SIGMAS)) for i in range(len(SIGMAS) + 1)]
