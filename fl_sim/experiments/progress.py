@@ -26,11 +26,11 @@ def live(console: Console) -> bool:
 
 
 class _Eta(ProgressColumn):
-    """Time left: the caller's estimate when it gave one (counting down), else rich's from the bar's speed."""
+    """Time left, counting down from the last count's estimate (the caller's, or the pace since the bar began)."""
 
     def render(self, task: Task) -> Text:
         at = task.fields.get("eta_at")
-        left = task.time_remaining if at is None else max(0.0, at - time.monotonic())
+        left = None if at is None else max(0.0, at - time.monotonic())
         if task.finished:
             left = 0.0
         return Text("-:--:--" if left is None else str(timedelta(seconds=int(left))), style="progress.remaining")
@@ -52,10 +52,16 @@ class Bar:
         self._total = total
         self._done: int | None = None  # the last count, when given before the bar started
         self._fields: dict[str, Any] = {}
+        self._entered = False
+        self._t0: float | None = None  # when the bar began counting, and from which count
+        self._base = 0
         self._fresh = True  # the first count may start past 0: it is where the bar begins, not speed
 
     def __enter__(self) -> Bar:
-        self.start()
+        """The bar appears with the first count (``update``), so it never shows an unknown total."""
+        self._entered = True
+        if self._total is not None:
+            self.start()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -69,29 +75,38 @@ class Bar:
         self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                   TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("ETA"),
                                   _Eta(), console=self.console, redirect_stdout=False,
-                                  refresh_per_second=4, speed_estimate_period=3600.0)
+                                  refresh_per_second=4)
         self._task = self._progress.add_task(self.label, total=self._total, completed=self._done or 0,
                                              **self._fields)
+        self._t0, self._base = time.monotonic(), self._done or 0
         self._fresh = self._done is None
         self._progress.start()
 
     def stop(self) -> None:
+        self._entered = False
         if self._progress is not None:
             self._progress.refresh()
             self._progress.stop()
             self._progress = None
 
     def update(self, done: int, total: int | None = None, eta: float | None = None) -> None:
-        """``done`` of ``total``; ``eta``: the caller's own estimate of the seconds left (else the bar's speed)."""
+        """``done`` of ``total``; ``eta``: the caller's own estimate of the seconds left (else the pace since the bar began)."""
         if total is not None:
             self._total = total
-        fields: dict[str, Any] = {} if eta is None else {"eta_at": time.monotonic() + eta}
+        now = time.monotonic()
+        if eta is None and self._t0 is not None and not self._fresh and done > self._base and self._total is not None:
+            eta = (now - self._t0) / (done - self._base) * (self._total - done)  # the pace since the bar began
+        fields: dict[str, Any] = {} if eta is None else {"eta_at": now + eta}
         if self._progress is None:
             self._done, self._fields = done, fields
+            if self._entered:
+                self.start()
+                return
         if self._progress is not None and self._task is not None:
             if self._fresh:
                 self._fresh = False
                 self._progress.reset(self._task, completed=done, total=self._total, **fields)
+                self._t0, self._base = now, done
             else:
                 self._progress.update(self._task, completed=done, total=self._total, **fields)
 
