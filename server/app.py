@@ -111,7 +111,8 @@ def serve(grid: Grid, cfg: RunConfig, users: list[str], run_dir: Path,
                                     defenses)
         if dispatcher is not None:
             if progress:
-                progress(-1, {"draining": len(dispatcher.pending)})
+                # "watch": the caller may follow the drain (counts of jobs and attacks done) as it goes.
+                progress(-1, {"draining": len(dispatcher.pending), "watch": dispatcher.watch})
             dispatcher.drain(cfg.attack.drain_timeout_s)
         torch.save(final, run_dir / "final_model.pt")
         if outcome is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,33 @@ NO_SIGNAL = "no-signal"  # an attack not run: the update carries no information 
 def no_signal(global_state: dict[str, Any], update: ClientUpdate) -> str | None:
     """Why an update carries nothing to attack (None if it does): see ``ClientUpdate.no_signal``."""
     return update.no_signal(global_state)
+
+
+@dataclass(frozen=True)
+class DrainStatus:
+    """Where the attack queue stands: jobs (one per attacked round) and attacks (targets x methods) of the
+    whole run, submitted and done (finished, failed or marked unfinished). ``draining``: the federation is
+    over and the dispatcher waits for the rest; ``over``: the drain has ended (nothing left pending)."""
+
+    jobs_done: int
+    jobs_total: int
+    attacks_done: int
+    attacks_total: int
+    draining: bool = False
+    over: bool = False
+    job_seconds: float | None = None  # mean time the worker took per finished job (None before the first)
+    since_last: float = 0.0  # seconds since the last job finished (or the first was submitted)
+
+    @property
+    def pending_jobs(self) -> int:
+        return self.jobs_total - self.jobs_done
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds until the queue is empty, if the jobs keep their pace (the worker runs one at a time)."""
+        if self.job_seconds is None:
+            return None
+        return max(0.0, self.pending_jobs * self.job_seconds - self.since_last)
 
 
 @dataclass
@@ -66,6 +93,35 @@ class AttackDispatcher:
         self._cond = threading.Condition()
         self._in_flight = 0  # rounds handed over and not yet finished (the queue's occupancy)
         self._error: BaseException | None = None
+        # Counters for progress (read by any thread; only written by the one that submits/collects).
+        self.jobs_total = self.jobs_done = self.attacks_total = self.attacks_done = 0
+        self._draining = False
+        self._busy, self._timed = 0.0, 0  # the worker's seconds on finished jobs, and how many
+        self._last_done: float | None = None
+        self._watchers: list[Callable[[DrainStatus], None]] = []
+
+    # -- progress --------------------------------------------------------------------------
+    def status(self, over: bool = False) -> DrainStatus:
+        """The queue's counts now."""
+        ran = self._timed
+        since = self._last_done if self._last_done is not None else (self.pending[0].submitted if self.pending else None)
+        return DrainStatus(self.jobs_done, self.jobs_total, self.attacks_done, self.attacks_total,
+                           draining=self._draining, over=over,
+                           job_seconds=self._busy / ran if ran and self._busy > 0 else None,
+                           since_last=time.time() - since if since is not None else 0.0)
+
+    def watch(self, listener: Callable[[DrainStatus], None]) -> None:
+        """Call ``listener`` with the counts whenever a job finishes, and at the drain's start and end
+        (a listener that raises is dropped: progress never fails a run)."""
+        self._watchers.append(listener)
+
+    def _notify(self, over: bool = False) -> None:
+        st = self.status(over)
+        for w in list(self._watchers):
+            try:
+                w(st)
+            except Exception:  # noqa: BLE001 - a display problem must not lose the run's attacks
+                self._watchers.remove(w)
 
     # -- background pump -------------------------------------------------------------------
     def start(self) -> None:
@@ -188,6 +244,8 @@ class AttackDispatcher:
             self._wait_until_alive()
             self._worker_died = False
         self.pending.append(_Pending(self.worker.run_job.remote(job), job, ids))
+        self.jobs_total += 1
+        self.attacks_total += len(ids)
         self._mark_head_running()
 
     def _mark_head_running(self) -> None:
@@ -219,6 +277,16 @@ class AttackDispatcher:
             self.store.commit()  # one commit per job
         self.pending = [p for p in self.pending if p not in finished]
         self._mark_head_running()
+        if finished:
+            now = time.time()
+            for p in finished:  # one worker, jobs in submission order: each ran from the later of its
+                start = max(p.submitted, self._last_done or p.submitted)  # submission and the previous end
+                self._busy += max(0.0, now - start)
+                self._last_done = now
+            self._timed += len(finished)
+            self.jobs_done += len(finished)
+            self.attacks_done += sum(len(p.attack_ids) for p in finished)
+            self._notify()
         return len(finished)
 
     def drain(self, timeout: float) -> None:
@@ -230,12 +298,17 @@ class AttackDispatcher:
             self._thread = None
             if self._error is not None:
                 raise RuntimeError(f"attack dispatcher failed: {self._error}") from self._error
+        self._draining = True
+        self._notify()
         while self.pending and time.time() < deadline:
             self.collect(min(5.0, max(0.0, deadline - time.time())))
         for p in self.pending:
             for aid in p.attack_ids.values():
                 self.store.update_attack(aid, status="unfinished", error=f"not done after the {timeout:.0f}s drain")
+            self.jobs_done += 1
+            self.attacks_done += len(p.attack_ids)
         self.pending = []
+        self._notify(over=True)
 
 
 class CuriousStrategy(RecordingStrategy):

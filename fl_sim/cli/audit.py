@@ -41,13 +41,11 @@ def audit(mu: str = typer.Option("1,2,4,8,16,32", "--mu", help="comma-separated 
           runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="where --run looks"),
           as_json: bool = typer.Option(False, "--json", help="print the result as JSON")) -> None:
     """What an informed adversary with an image prior recovers from one DP-SGD gradient, per μ, beside the bound."""
-    from rich.console import Console
-
-    from fl_sim.cli.common import print_all, print_json, run_dir
+    from fl_sim.cli.common import TermConsole, err, print_all, print_json, run_dir
     from fl_sim.experiments.audit import AuditSettings, plot_metrics, plot_panel, run_audit, run_settings, validate
     from fl_sim.experiments.audit.report import audit_report
+    from fl_sim.experiments.progress import Bar
 
-    err = Console(stderr=True, width=120)
     eps_labels = None
     if run is not None:
         mus, eps_labels, run_data, notes = run_settings(run_dir(runs_dir, run))
@@ -72,7 +70,8 @@ def audit(mu: str = typer.Option("1,2,4,8,16,32", "--mu", help="comma-separated 
         raise FlSimError(f"--steps {steps} / --sample-rate {sample_rate}: expected steps >= 1 and 0 < rate <= 1")
     settings = AuditSettings(data=data, prior=prior, images=images, seed=seed, ddim_steps=ddim_steps, dc=dc,
                              samples=samples, eta=eta, steps=steps, sample_rate=sample_rate)
-    res = run_audit(mus, settings, eps_labels=eps_labels, progress=lambda m: err.print(f"audit: {m}", highlight=False))
+    with Bar(err, "audit", print_kwargs={"highlight": False}) as bar:
+        res = run_audit(mus, settings, eps_labels=eps_labels, progress=lambda m: bar.say(f"audit: {m}"), step=bar.step)
     files: dict[str, str] = {}
     if out_dir is not None:
         files = {"plot": str(plot_metrics(res, out_dir / "audit_plot.png")),
@@ -80,7 +79,7 @@ def audit(mu: str = typer.Option("1,2,4,8,16,32", "--mu", help="comma-separated 
     if as_json:
         print_json({**res.to_json(), **({"files": files} if files else {})})
         return
-    print_all(audit_report(res, files), Console(width=140))
+    print_all(audit_report(res, files), TermConsole(plain_width=140))
 
 
 def register(app: typer.Typer) -> None:

@@ -27,7 +27,10 @@ def bench_federation(as_json: bool = typer.Option(False, "--json"),
 
     rounds = rounds or (16 if attacks else 6)
     load_config(None, [*(set_ or []), f"rounds={rounds}"])  # config errors are one line, before anything runs
-    res = (bench_federation_attacks if attacks else bench)(set_ or [], rounds=rounds, runs_dir=runs_dir)
+    from fl_sim.experiments.progress import Bar
+
+    with Bar(err, "rounds") as bar:
+        res = (bench_federation_attacks if attacks else bench)(set_ or [], rounds=rounds, runs_dir=runs_dir, step=bar.step)
     if as_json:
         print_json(res)
     else:
@@ -69,9 +72,12 @@ def bench_attack_cmd(users: int = typer.Option(20, "--users"), batch_sizes: str 
     n_ids = len(open_dataset(data).users())  # a bad spec is one line here, before any training
     if n_ids < users:
         raise FlSimError(f"--users: dataset {data} has {n_ids} identities, {users} requested")
-    res = bench_attack(users=users, batch_sizes=sizes, methods=wanted, rounds=rnds, protocol=protocol, prior_spec=prior,
-                       iterations=iterations, seeds=seed_list, dataset=data, nulls=nulls,
-                       progress=lambda m: err.print(m))
+    from fl_sim.experiments.progress import Bar
+
+    with Bar(err, "attacks") as bar:
+        res = bench_attack(users=users, batch_sizes=sizes, methods=wanted, rounds=rnds, protocol=protocol,
+                           prior_spec=prior, iterations=iterations, seeds=seed_list, dataset=data, nulls=nulls,
+                           progress=bar.say, step=bar.step)
     if figure:
         err.print(f"figure: {attack_figure(res, figure)}")
     if doc:

@@ -10,13 +10,37 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console, RenderableType
+from rich.console import Console, ConsoleDimensions, RenderableType
 
 from fl_sim.core.errors import FlSimError
 
-# Wide consoles: progress lines and tables read badly wrapped at 80 columns in logs.
-out = Console(width=120)
-err = Console(stderr=True, width=120)
+# Plain output (a pipe, a log, a test) is this wide: tables read badly wrapped at 80 columns in logs.
+PLAIN_WIDTH = 120
+
+
+class TermConsole(Console):
+    """A console as wide as the terminal it writes to, or as COLUMNS says when set; elsewhere (a pipe,
+    a file, a test) PLAIN_WIDTH columns and plain text: no colours, no cursor moves, no bars.
+    Whether the output is a terminal is asked at each print (tests swap sys.stdout), not at import."""
+
+    def __init__(self, *args: Any, plain_width: int = PLAIN_WIDTH, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.plain_width = plain_width
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        dims = super().size
+        if self._width is None and not self.is_terminal:  # COLUMNS (read by rich at construction) sets _width
+            return ConsoleDimensions(self.plain_width, dims.height)
+        return dims
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        self._width, self._height = new_size
+
+
+out = TermConsole()
+err = TermConsole(stderr=True)
 
 RUNS_DIR = typer.Option(Path("runs"), "--runs-dir", help="folder holding run folders")
 CONFIG = typer.Option(None, "--config", help="TOML run config")

@@ -52,7 +52,10 @@ def prior_eval(prior: str = PRIOR, images: int = typer.Option(100, "--images"),
     from fl_sim.experiments.bench_reports import prior_eval_report
     from fl_sim.experiments.prior_eval import prior_report
 
-    res = prior_report(prior, images, memo)
+    from fl_sim.experiments.progress import Bar
+
+    with Bar(err, "prior eval") as bar:
+        res = prior_report(prior, images, memo, step=bar.step)
     if as_json:
         print_json(res)
         return

@@ -24,7 +24,11 @@ def sweep(config: Optional[Path] = CONFIG, set_: Optional[list[str]] = typer.Opt
     from fl_sim.experiments.bench_reports import sweep_report
     from fl_sim.experiments.sweep import parse_grid, run_sweep
 
-    doc = run_sweep(config, set_ or [], parse_grid(grid or []), runs_dir, progress=err.print, baseline=baseline)
+    from fl_sim.experiments.progress import Bar
+
+    with Bar(err, "sweep") as bar:
+        doc = run_sweep(config, set_ or [], parse_grid(grid or []), runs_dir, progress=bar.say, baseline=baseline,
+                        step=bar.step)
     if as_json:
         print_json(doc)
         return
@@ -38,7 +42,7 @@ def _run(config: Optional[Path], overrides: list[str], runs_dir: Path, as_json: 
     from fl_sim.experiments.reports import rounds_report
     from fl_sim.experiments.runner import run_with_progress
 
-    res = run_with_progress(config, overrides, runs_dir, err.print)
+    res = run_with_progress(config, overrides, runs_dir, err.print, console=err)
     if as_json:
         print_json({"run_id": res.run_id, "run_dir": str(res.run_dir), "status": res.status, "seconds": res.seconds,
                     "error": res.error})

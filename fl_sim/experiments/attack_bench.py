@@ -68,8 +68,10 @@ NULLS = ("zero", "outsider")
 def bench_attack(*, users: int, batch_sizes: list[int], methods: list[str], rounds: list[int], protocol: str,
                  prior_spec: str = "faces32", iterations: int | None = None, seeds: list[int] | None = None,
                  dataset: str | None = None, nulls: bool = True,
-                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                 progress: Callable[[str], None] | None = None,
+                 step: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Each method on every user's update, same models and seeds; scored by both face evaluators.
+    ``step(done, total)``: attack batches (method x observation kind x batch size x round x seed) done so far.
 
     For each seed and round R the attacked model is the default federation's global model after R
     rounds (trained with that seed); each user's update is one more round of their local training
@@ -101,6 +103,9 @@ def bench_attack(*, users: int, batch_sizes: list[int], methods: list[str], roun
     attrs: dict[str, Any] = {}
     outsiders: list[str] = []
     spec = dataset or "synthfaces"
+    n_batches, done = len(seeds) * len(rounds) * len(batch_sizes) * len(methods) * (1 + len(NULLS) if nulls else 1), 0
+    if step:
+        step(0, n_batches)
     for seed in seeds:
         for rnd in rounds:
             if progress:
@@ -137,6 +142,9 @@ def bench_attack(*, users: int, batch_sizes: list[int], methods: list[str], roun
                         images = torch.stack([r.image for r in recs])
                         scores = score(images, list(ids), truths[bs])
                         records.setdefault((rnd, bs, method, kind), []).extend(zip(ids, scores))
+                        done += 1
+                        if step:
+                            step(done, n_batches)
                         if kind != "real":
                             continue
                         seconds.setdefault((rnd, bs, method), []).extend(r.seconds for r in recs)

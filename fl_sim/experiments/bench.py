@@ -15,7 +15,8 @@ import torch
 from fl_sim.core.config import RunConfig, load_config
 
 
-def plain_federation(cfg: RunConfig) -> tuple[torch.nn.Module, list[float]]:
+def plain_federation(cfg: RunConfig, on_round: Callable[[int], None] | None = None
+                     ) -> tuple[torch.nn.Module, list[float]]:
     """The same federation written as a plain loop (no Flower, no Ray): final model, seconds per round.
 
     Same users, same local training and evaluation, same aggregation (example-weighted mean), so
@@ -50,16 +51,19 @@ def plain_federation(cfg: RunConfig) -> tuple[torch.nn.Module, list[float]]:
         model.load_state_dict({k: (v / total).to(global_state[k].dtype) for k, v in acc.items()})
         utility(model.state_dict())
         times.append(time.time() - t0)
+        if on_round:
+            on_round(rnd)
     return model, times
 
 
-def _flower_rounds(cfg: RunConfig, runs_dir: Path) -> tuple[list[float], float, Any]:
+def _flower_rounds(cfg: RunConfig, runs_dir: Path, on_round: Callable[[int], None] | None = None
+                   ) -> tuple[list[float], float, Any]:
     """One Flower run: seconds per round (from the store), total seconds, the result."""
     from fl_sim.federation import run_federation
     from fl_sim.core.store import RunStore
 
     t0 = time.time()
-    res = run_federation(cfg, runs_dir)
+    res = run_federation(cfg, runs_dir, (lambda rnd, _rec: on_round(rnd) if rnd > 0 else None) if on_round else None)
     total = time.time() - t0
     if res.status != "finished":
         raise RuntimeError(f"bench federation run failed: {res.error}")
@@ -75,11 +79,21 @@ def _steady(xs: list[float]) -> float:
     return statistics.mean(xs[1:]) if len(xs) > 1 else xs[0]
 
 
-def bench_federation(overrides: list[str], *, rounds: int, runs_dir: Path) -> dict[str, Any]:
-    """Mean round time after the first (actor start-up) round, Flower vs plain, in one process."""
+def _rounds_step(step: Callable[[int, int], None] | None, total: int) -> Callable[[int], Callable[[int], None] | None]:
+    """``step(done, total)`` over several runs of rounds: the on_round callback of the run starting at ``offset``."""
+    if step:
+        step(0, total)
+    return lambda offset: (lambda rnd: step(offset + rnd, total)) if step else None
+
+
+def bench_federation(overrides: list[str], *, rounds: int, runs_dir: Path,
+                     step: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Mean round time after the first (actor start-up) round, Flower vs plain, in one process.
+    ``step(done, total)``: rounds run so far, Flower's then the plain loop's."""
     cfg = load_config(None, [f"rounds={rounds}", "attack.enabled=false", *overrides])
-    flower, flower_total, (res, _) = _flower_rounds(cfg, runs_dir)
-    _, plain = plain_federation(cfg)
+    at = _rounds_step(step, 2 * cfg.rounds)
+    flower, flower_total, (res, _) = _flower_rounds(cfg, runs_dir, at(0))
+    _, plain = plain_federation(cfg, at(cfg.rounds))
     return {
         "config": {"users": cfg.users, "rounds": cfg.rounds, "protocol": cfg.protocol, "model": cfg.model.name,
                    "photos_per_user": cfg.data.photos_per_user, "image_size": cfg.data.image_size},
@@ -90,20 +104,23 @@ def bench_federation(overrides: list[str], *, rounds: int, runs_dir: Path) -> di
     }
 
 
-def bench_federation_attacks(overrides: list[str], *, rounds: int, runs_dir: Path) -> dict[str, Any]:
+def bench_federation_attacks(overrides: list[str], *, rounds: int, runs_dir: Path,
+                             step: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Round wall time with the curious server attacking every user in every round vs attacks off.
 
     Both runs in this process, same seed and config otherwise. Round times exclude the final
     drain (the federation only waits for attacks at the end); the drain is reported beside them.
     The queue holds every round's job (``queue_size`` = rounds): this measures the overlap, not
     the back-pressure of a full queue (with ``when_full=wait`` a full queue holds the round).
+    ``step(done, total)``: rounds run so far, attacks off then on.
     """
     base = [f"rounds={rounds}", *overrides]
     off_cfg = load_config(None, [*base, "attack.enabled=false"])
     on_cfg = load_config(None, [*base, "attack.enabled=true", "attack.every=1", "attack.rounds=",
                                 f"attack.queue_size={rounds}"])
-    off, off_total, (off_res, _) = _flower_rounds(off_cfg, runs_dir)
-    on, on_total, (on_res, attacks) = _flower_rounds(on_cfg, runs_dir)
+    at = _rounds_step(step, off_cfg.rounds + on_cfg.rounds)
+    off, off_total, (off_res, _) = _flower_rounds(off_cfg, runs_dir, at(0))
+    on, on_total, (on_res, attacks) = _flower_rounds(on_cfg, runs_dir, at(off_cfg.rounds))
     statuses: dict[str, int] = {}
     for a in attacks:
         statuses[a["status"]] = statuses.get(a["status"], 0) + 1

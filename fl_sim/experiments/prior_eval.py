@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +49,10 @@ def heldout_images(size: int, n: int, seed: int = 0) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_prior(prior: DiffusionPrior, images: torch.Tensor, *, sigmas: tuple[float, ...] = SIGMAS,
-                   ddim_steps: int = 25, seed: int = 0) -> dict[str, Any]:
-    """Per σ: PSNR of the noisy input, the tuned Gaussian filter, the prior's one-step x̂0 and a DDIM run."""
+                   ddim_steps: int = 25, seed: int = 0,
+                   on_level: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Per σ: PSNR of the noisy input, the tuned Gaussian filter, the prior's one-step x̂0 and a DDIM run.
+    ``on_level(n)``: called after each σ with the number of σ done."""
     gen = torch.Generator().manual_seed(seed)
     x = prior.to_prior(images.to(prior.device))
     levels = []
@@ -66,6 +69,8 @@ def evaluate_prior(prior: DiffusionPrior, images: torch.Tensor, *, sigmas: tuple
             ddim = torch.cat([prior.ddim(x_t[i:i + 64], t, ddim_steps) for i in range(0, len(x_t), 64)])
             row.update({"t": t, "prior_psnr": psnr(one_step, x), "prior_ddim_psnr": psnr(ddim, x)})
         levels.append(row)
+        if on_level:
+            on_level(len(levels))
     return {"levels": levels, "images": int(len(x)), "size": prior.size,
             "prior_psnr_is": "one-step x̂0 (the prior's MMSE estimate); prior_ddim_psnr is a full DDIM run from t(σ)"}
 
@@ -109,19 +114,26 @@ def sample_grid(spec: str, n: int, steps: int, seed: int, out_path: Path) -> Pat
     return out_path
 
 
-def prior_report(spec: str, images: int, memo: bool = True) -> dict[str, Any]:
-    """`fl-sim prior eval`: the prior as a denoiser on ``images`` held-out photos, its load time, memorisation."""
+def prior_report(spec: str, images: int, memo: bool = True,
+                 step: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """`fl-sim prior eval`: the prior as a denoiser on ``images`` held-out photos, its load time, memorisation.
+    ``step(done, total)``: parts done (each noise level, then memorisation)."""
     from fl_sim.core.data.base import to_tensor
     from fl_sim.core.data.synthfaces import open_synthfaces
 
     t0 = time.time()
     p = prior_or_error(spec)
     load_s = time.time() - t0
-    res = evaluate_prior(p, heldout_images(p.size, images))
+    total = len(SIGMAS) + memo
+    if step:
+        step(0, total)
+    res = evaluate_prior(p, heldout_images(p.size, images), on_level=(lambda n: step(n, total)) if step else None)
     res["load_seconds"] = round(load_s, 2)
     if memo:
         ds = open_synthfaces("prior")
         train = to_tensor(np.stack([ds.photos_uint8(u.user)[0] for u in ds.users()[:2000]]), p.size)
         res["memorization"] = memorization(p, train)
+        if step:
+            step(total, total)
     res["prior"] = spec
     return res

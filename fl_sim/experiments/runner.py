@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fl_sim.core.config import RunConfig, load_config
 from fl_sim.core.fmt import number
 from fl_sim.federation import RunResult, prepare_users, run_federation
+
+from fl_sim.experiments.progress import Bar
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 # The demo's curious server: both methods on every user in the first round (untrained model)
 # and the last (trained), so the panels show what training does to each attack.
@@ -41,12 +46,49 @@ def progress_line(cfg: RunConfig, rnd: int, rec: dict[str, Any]) -> str:
             f"  held-out acc {number(ev.get('accuracy'))} ({heads})  {rec['seconds']:.1f}s")
 
 
+def drain_label(st: Any) -> str:
+    """The drain bar's label: jobs (attacked rounds) still pending."""
+    return f"attacks ({st.pending_jobs} job(s) left)" if not st.over else "attacks (drain over)"
+
+
+def follow_drain(bar: Bar) -> Callable[[Any], None]:
+    """A dispatcher watcher (``AttackDispatcher.watch``) that draws the drain on ``bar``: attacks done of
+    the run's total, jobs left in the label; the bar starts with the drain and stops when it is over."""
+    def follow(st: Any) -> None:
+        if not st.draining:
+            return  # a job the pump collected before the drain began: the drain's first call counts it
+        bar.describe(drain_label(st))
+        bar.update(st.attacks_done, st.attacks_total, eta=st.eta)
+        bar.start()
+        if st.over:
+            bar.stop()
+
+    return follow
+
+
 def run_with_progress(config: Path | None, overrides: list[str], runs_dir: Path,
-                      say: Callable[[str], None]) -> RunResult:
-    """Load and check the config (data errors before the banner), then run it, saying each round."""
+                      say: Callable[[str], None], console: Console | None = None) -> RunResult:
+    """Load and check the config (data errors before the banner), then run it, saying each round.
+
+    With a ``console`` that is a terminal, the attack drain at the end also gets a bar (attacks
+    done/total of the whole run, ETA); on any other console the lines are all there is.
+    """
     cfg = load_config(config, overrides)
     asked = cfg.task
     prepare_users(cfg)  # data errors first (and task=auto settled): the banner is only printed for a run that will start
     for line in banner(cfg, asked):
         say(line)
-    return run_federation(cfg, runs_dir, lambda rnd, rec: say(progress_line(cfg, rnd, rec)))
+    bars: list[Bar] = []
+
+    def on_progress(rnd: int, rec: dict[str, Any]) -> None:
+        say(progress_line(cfg, rnd, rec))
+        if rnd < 0 and console is not None and "watch" in rec:
+            bar = Bar(console, "attacks")
+            bars.append(bar)
+            rec["watch"](follow_drain(bar))
+
+    try:
+        return run_federation(cfg, runs_dir, on_progress)
+    finally:
+        for bar in bars:
+            bar.stop()

@@ -127,9 +127,10 @@ def _mean(xs: list[Any]) -> float | None:
 
 
 def run_sweep(config: Path | None, overrides: list[str], grid: list[tuple[str, list[str]]], runs_dir: Path,
-              progress: Callable[[str], None] | None = None, baseline: bool = False) -> dict[str, Any]:
+              progress: Callable[[str], None] | None = None, baseline: bool = False,
+              step: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Run every grid point as its own federation (run folders beside the sweep's), then write
-    sweep.json, sweep.md and sweep.png into runs/sweep-<id>/."""
+    sweep.json, sweep.md and sweep.png into runs/sweep-<id>/. ``step(done, total)``: federations run so far."""
     from fl_sim.federation import run_federation
 
     points = grid_configs(config, overrides, grid)
@@ -139,6 +140,9 @@ def run_sweep(config: Path | None, overrides: list[str], grid: list[tuple[str, l
     sweep_dir.mkdir(parents=True)
     param = ",".join(k for k, _ in grid)
     base_row: dict[str, Any] | None = None
+    n_runs = len(points) + (cfg0 is not None)
+    if step:
+        step(0, n_runs)
     if cfg0 is not None:  # the base config itself (the swept defenses at their defaults): the reference lines
         if progress:
             progress("[baseline] the base config, without the grid's settings")
@@ -162,6 +166,8 @@ def run_sweep(config: Path | None, overrides: list[str], grid: list[tuple[str, l
                      f"accuracy {format_ci(row.get('accuracy'), row.get('accuracy_ci'), 3)}  "
                      f"identity gain {format_ci(row.get('identity_gain'), row.get('identity_gain_ci'), 3)}  re-id "
                      f"{format_ci(row.get('reid_top1'), row.get('reid_top1_ci'), 2)}  ({res.run_id})")
+        if step:
+            step(i + (base_row is not None), n_runs)
     n_users = points[0][1].users
     doc = {"sweep_id": sweep_id, "sweep_dir": str(sweep_dir), "param": param, "base_overrides": overrides,
            "chance_reid_top1": 1.0 / n_users, "rows": rows, "baseline": base_row}

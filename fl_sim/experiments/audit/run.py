@@ -105,8 +105,11 @@ def audit_targets(ds: Any, n: int, size: int) -> tuple[torch.Tensor, list[dict[s
 
 def run_audit(mus: Sequence[float], settings: AuditSettings, *, eps_labels: Sequence[float | None] | None = None,
               prior: DiffusionPrior | None = None,
-              progress: Callable[[str], None] | None = None) -> AuditResult:
+              progress: Callable[[str], None] | None = None,
+              step: Callable[[int, int], None] | None = None) -> AuditResult:
     """The audit at each μ: observe, reconstruct (raw | classical | diffusion), score, bound.
+
+    ``step(done, total)``: stages done so far (calibration and kappa for faces, then each μ).
 
     ``eps_labels`` overrides the ε computed from ``settings`` (a run-based audit knows its own ε).
     """
@@ -143,6 +146,9 @@ def run_audit(mus: Sequence[float], settings: AuditSettings, *, eps_labels: Sequ
         "diffusion": {"ddim_steps": settings.ddim_steps, "dc": settings.dc, "samples": settings.samples, "eta": settings.eta},
         "mse_scale": "images in [-1, 1], clipped",
     }
+    n_stages = len(mus) + (2 if faces else 0)
+    tick = step or (lambda _d, _t: None)
+    tick(0, n_stages)
     if faces:
         from fl_sim.core.evaluators.face import AGE_BANDS, GENDERS, age_gender, sface
 
@@ -152,11 +158,13 @@ def run_audit(mus: Sequence[float], settings: AuditSettings, *, eps_labels: Sequ
         truth_g = [a.get("gender") for a in attrs]
         truth_a = [a.get("age_band") for a in attrs]
         att_x = age_gender().predict(x)
+        tick(1, n_stages)
         say(f"sampling {settings.kappa_samples} prior images for kappa")
         samples = prior.sample(settings.kappa_samples, steps=settings.ddim_steps,
                                generator=torch.Generator().manual_seed(settings.seed + 1)).cpu()
         pair_sims = sface().embed(samples) @ emb_x.T
         kappa, kappa_how = baseline_kappa(int((pair_sims >= cal.threshold).sum()), pair_sims.size)
+        tick(2, n_stages)
         unrelated = cal.unrelated_similarity
         meta.update({
             "success_criterion": f"SFace similarity to the original >= {cal.threshold:.3f} (same-identity threshold)",
@@ -210,6 +218,7 @@ def run_audit(mus: Sequence[float], settings: AuditSettings, *, eps_labels: Sequ
             else:
                 row.update({"face_similarity": None, "success_rate": float(nn_identified(img, x).mean())})
             rows.append(row)
+        tick(n_stages - len(mus) + j + 1, n_stages)
     return result
 
 
