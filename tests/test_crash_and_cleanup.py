@@ -88,7 +88,7 @@ def _signalled_run(tmp_path: Path, sig: int) -> None:
         seen = _watch(proc, runs, "round")
         assert seen, "no process was started"
         os.kill(proc.pid, sig)
-        proc.wait(timeout=40)
+        proc.wait(timeout=60)  # the unwind watchdog ends it within UNWIND_GRACE_S (20 s) + the processes' grace
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -99,8 +99,6 @@ def _signalled_run(tmp_path: Path, sig: int) -> None:
     assert st.execute("SELECT status FROM run").fetchone()[0] == "failed"
 
 
-@pytest.mark.xfail(reason="open: after SIGINT to the driver alone the CLI process did not exit within 40 s "
-                          "(SIGTERM, same code path, passes); not yet diagnosed", strict=False)
 def test_sigint_leaves_no_process(tmp_path: Path) -> None:
     _signalled_run(tmp_path, signal.SIGINT)
 

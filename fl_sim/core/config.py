@@ -16,6 +16,7 @@ from fl_sim.core.defenses import apply_implied, validate_defenses
 from fl_sim.core.defenses import sections as defense_sections
 from fl_sim.core.errors import ConfigError
 from fl_sim.core.fields import _f, doc, doc_text
+from fl_sim.core.preflight import check_attack_prior, check_model
 from fl_sim.core.users import check_user_choice, choose_users
 
 
@@ -368,69 +369,8 @@ def validate(cfg: RunConfig) -> None:
     if cfg.clients_in_round() > cfg.users:
         raise ConfigError(f"config key 'clients_per_round': {cfg.clients_in_round()} clients per round but only {cfg.users} users")
     validate_defenses(cfg)
-    check_attack_prior(cfg)
-    check_model(cfg)
-
-
-def check_model(cfg: RunConfig) -> None:
-    """A built-in model builds with this width, norm and image size (on the meta device: no memory, no weights).
-
-    Plugins' models are left to their own checks: their constructors may do more than lay out layers.
-    """
-    import torch
-
-    from fl_sim.core.models import MODELS, build_model, task_heads
-
-    if next((e.origin for e in MODELS if e.name == cfg.model.name), None) != "builtin":
-        return
-    try:
-        with torch.device("meta"):
-            build_model(cfg.model.name, task_heads("identity", ["a", "b"]), cfg.data.image_size, cfg.model.width,
-                        cfg.seed, cfg.model.norm)
-    except (ValueError, RuntimeError, TypeError) as exc:
-        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:160]
-        raise ConfigError(f"config key 'model.width': model {cfg.model.name} (norm {cfg.model.norm}, image_size "
-                          f"{cfg.data.image_size}) cannot be built with width {cfg.model.width}: {first}") from None
-
-
-def check_resources(cfg: RunConfig) -> None:
-    """What the Ray actors ask for exists on this machine: an unschedulable actor would wait forever.
-
-    Checked when a run is about to start (``prepare_users``), not by ``load_config``: a config may
-    be written on one machine for another.
-    """
-    import os
-
-    sim, a = cfg.simulation, cfg.attack
-    cpus = sim.ray_num_cpus or os.cpu_count() or 1
-    if sim.client_cpus > cpus:
-        raise ConfigError(f"config key 'simulation.client_cpus': {sim.client_cpus} CPUs per client, "
-                          f"but Ray has {cpus} (simulation.ray_num_cpus)")
-    if a.enabled and a.worker_cpus + sim.client_cpus > cpus:
-        raise ConfigError(f"config key 'attack.worker_cpus': {a.worker_cpus} for the attack worker plus "
-                          f"{sim.client_cpus} per client exceed the {cpus} CPUs Ray has")
-    gpus_asked = [(k, v) for k, v in (("simulation.client_gpus", sim.client_gpus),
-                                     ("attack.worker_gpus", a.worker_gpus if a.enabled else 0.0)) if v > 0]
-    if gpus_asked:
-        import torch
-
-        have = torch.cuda.device_count()
-        for key, v in gpus_asked:
-            if have == 0 or v > have:
-                raise ConfigError(f"config key '{key}': {v} GPU(s) asked, this machine has {have}")
-
-
-def check_attack_prior(cfg: RunConfig) -> None:
-    """``attack.prior`` names a prior that can be opened (its config read, not its weights), when an attack uses it."""
-    if not cfg.attack.enabled or "diffusion" not in cfg.attack.methods:
-        return
-    from attacks.priors import PriorError, check_prior
-    from fl_sim.core import priors  # noqa: F401 - registers the embedded prior
-
-    try:
-        check_prior(cfg.attack.prior)
-    except PriorError as exc:
-        raise ConfigError(f"config key 'attack.prior': {exc}") from None
+    check_attack_prior(cfg.attack)
+    check_model(cfg.model, cfg.data.image_size, cfg.seed)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fl_sim.core.config import RunConfig, check_resources, to_dict, to_toml
+from fl_sim.core.config import RunConfig, to_dict, to_toml
+from fl_sim.core.preflight import check_resources
 from fl_sim.core.data import UserRecord, choose_users, open_dataset
 from fl_sim.core.errors import ConfigError, FlSimError, error_line
 from fl_sim.core.store import FAILED, FINISHED, RunStore
@@ -38,7 +39,7 @@ def prepare_users(cfg: RunConfig) -> list[UserRecord]:
     Also settles ``task=auto`` on ``cfg`` (see ``resolve_task``), so every later reader of
     ``cfg.task`` — the heads, the clients, the config snapshot — sees the task that runs.
     """
-    check_resources(cfg)  # this machine can place the actors asked for
+    check_resources(cfg.simulation, cfg.attack)  # this machine can place the actors asked for
     d = cfg.data
     dataset = open_dataset(d.dataset)
     users = choose_users(dataset, n_users=cfg.users,
@@ -173,7 +174,7 @@ def run_federation(cfg: RunConfig, runs_dir: Path,
     store = RunStore(run_dir / "store.sqlite")
     t0 = time.time()
     guard = ProcessGuard(run_dir).start()
-    old_term = _on_sigterm()
+    old_term = _on_sigterm(guard, run_dir)
     try:
         quiet_flower()
         os.environ["FLWR_HOME"] = str(run_dir / "flwr_home")
@@ -204,13 +205,33 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM during a run: unwinds like Ctrl-C, so the store is marked and every process stopped."""
 
 
-def _on_sigterm() -> Any:
-    """SIGTERM and SIGINT raise ``Terminated`` in the main thread while a run goes; returns the previous
-    handlers (None off the main thread, where handlers cannot be set)."""
+# After a signal, how long the normal unwinding (store marked, Ray shut down, processes stopped) may
+# take before the watchdog does it itself and exits: Flower's server thread is not a daemon and can
+# wait forever for replies from a stopped runtime, which would hold the interpreter at exit.
+UNWIND_GRACE_S = 20.0
+
+
+def _on_sigterm(guard: ProcessGuard, run_dir: Path) -> Any:
+    """SIGTERM and SIGINT raise ``Terminated`` in the main thread while a run goes, and start a watchdog
+    that ends the process (exit 128 + signal) if unwinding has not ended it in ``UNWIND_GRACE_S``.
+    Returns the previous handlers (None off the main thread, where handlers cannot be set)."""
     if threading.current_thread() is not threading.main_thread():
         return None
 
+    def watchdog(signum: int) -> None:
+        time.sleep(UNWIND_GRACE_S)
+        try:  # unwinding is stuck: do its work here, then leave without waiting for Flower's threads
+            st = RunStore(run_dir / "store.sqlite")
+            if st.run().get("status") == "running":
+                st.finish_run(FAILED, error=f"terminated by {signal.Signals(signum).name}")
+            st.close()
+        except Exception:  # noqa: BLE001 - the processes below matter more than the status line
+            pass
+        guard.stop()
+        os._exit(128 + signum)
+
     def handler(signum: int, frame: Any) -> None:
+        threading.Thread(target=watchdog, args=(signum,), name="fl-sim-unwind-watchdog", daemon=True).start()
         raise Terminated(f"terminated by {signal.Signals(signum).name}")
 
     # SIGINT too: Python's default handler was not always reached while Flower's loop waited.
