@@ -10,7 +10,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 
 from fl_sim.core.config import load_config
 from fl_sim.federation import run_federation
