@@ -15,6 +15,7 @@ from flwr.serverapp.strategy import Strategy
 
 from attacks.methods import method_config
 from fl_sim.core.config import RunConfig
+from fl_sim.core.errors import error_line
 from fl_sim.core.defenses import shared_record
 from fl_sim.core.models import Head
 from fl_sim.core.records import AttackResult, ClientUpdate
@@ -267,7 +268,7 @@ class AttackDispatcher:
                 outcome: AttackOutcome = ray.get(p.future)
                 results = outcome.results
             except Exception as exc:  # noqa: BLE001 - the worker died (or was restarting) mid-job: Ray restarts it
-                err = f"{exc.__class__.__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                err = error_line(exc)  # the original exception's one line, Ray's wrapper and colours removed
                 results = [AttackResult(t, m, "failed", error=f"attack worker died mid-job: {err}")
                            for (t, m) in p.attack_ids]
                 self._worker_died = True

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from fl_sim.core.config import RunConfig, load_config
 from fl_sim.core.fmt import number
-from fl_sim.federation import RunResult, prepare_users, run_federation
+from fl_sim.federation import RunResult, check_runs_dir, prepare_users, run_federation
 
 from fl_sim.experiments.progress import Bar
 
@@ -76,6 +76,7 @@ def run_with_progress(config: Path | None, overrides: list[str], runs_dir: Path,
     cfg = load_config(config, overrides)
     asked = cfg.task
     prepare_users(cfg)  # data errors first (and task=auto settled): the banner is only printed for a run that will start
+    check_runs_dir(runs_dir)
     for line in banner(cfg, asked):
         say(line)
     bars: list[Bar] = []

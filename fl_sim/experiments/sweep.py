@@ -35,11 +35,15 @@ def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
 
 def grid_configs(config: Path | None, overrides: list[str], grid: list[tuple[str, list[str]]]
                  ) -> list[tuple[dict[str, str], RunConfig]]:
-    """Every grid point's config, all validated before any federation runs."""
+    """Every grid point's config, all validated (keys, then each point's users and photos) before any federation runs."""
+    from fl_sim.federation import prepare_users
+
     points = []
     for combo in itertools.product(*[[(k, v) for v in vals] for k, vals in grid]):
         point = dict(combo)
         points.append((point, load_config(config, [*overrides, *(f"{k}={v}" for k, v in point.items())])))
+    for _, cfg in points:
+        prepare_users(cfg)  # data errors (a missing user, a corrupt photo, nothing to learn) before the first run
     return points
 
 
