@@ -165,21 +165,19 @@ class CelebAFaces(FaceDataset):
             out.append(UserRecord(user=uid, n_photos=len(files), attributes=attrs))
         return out
 
-    def photos_uint8(self, user: str) -> np.ndarray:
+    def _paths(self, user: str) -> list[Path]:
+        """The user's listed image files, each checked to exist."""
         if user not in self._files:
             raise DataError(f"no identity {user!r} in {self.root / 'identity_CelebA.txt'}")
         paths = [self.images / f for f in self._files[user]]
         for p in paths:
             if not p.exists():
                 raise DataError(f"celeba image listed but missing: {p}")
-        return stack_same_size([decode_image(p, str(p)) for p in paths], str(self.images))
+        return paths
+
+    def photos_uint8(self, user: str) -> np.ndarray:
+        return stack_same_size([decode_image(p, str(p)) for p in self._paths(user)], str(self.images))
 
     def check(self, users: list[str]) -> None:
         for user in users:
-            if user not in self._files:
-                raise DataError(f"no identity {user!r} in {self.root / 'identity_CelebA.txt'}")
-            paths = [self.images / f for f in self._files[user]]
-            for p in paths:
-                if not p.exists():
-                    raise DataError(f"celeba image listed but missing: {p}")
-            check_images(paths)
+            check_images(self._paths(user))
