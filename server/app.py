@@ -98,7 +98,8 @@ def serve(grid: Grid, cfg: RunConfig, users: list[str], run_dir: Path,
             ev = rec["evaluate"]
             store.add_round(rnd, rec["started"], rec["seconds"], rec["n_clients"], rec["train"].get("loss"),
                             ev.get("accuracy"), {"train": rec["train"], "evaluate": ev,
-                                                 "per_user_accuracy": rec["per_user_accuracy"]})
+                                                 "per_user_accuracy": rec["per_user_accuracy"],
+                                                 "failed": rec.get("failed", {})})
             if progress:
                 progress(rnd, rec)
 

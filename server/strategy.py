@@ -8,12 +8,18 @@ from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
 from fl_sim.core.errors import reason_line
 from fl_sim.core.flwr_records import read_evaluation, read_update
 from fl_sim.core.records import ClientUpdate
+
+
+# Flower's error codes for a reply that never came because its node went away (SuperNode killed,
+# connection lost): the user drops out of the round. Any other error is the ClientApp's own.
+NODE_GONE = frozenset({ErrorCode.NODE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE, ErrorCode.MESSAGE_UNAVAILABLE})
 
 
 class SeededFedAvg(FedAvg):
@@ -75,6 +81,8 @@ class RecordingStrategy(Strategy):
         self._round_start = 0.0
         self._train_metrics: dict[str, Any] = {}
         self._n_clients = 0
+        self._failed: dict[str, str] = {}  # this round's users whose node went away, and why
+        self._sent: list[Message] = []  # this round's train instructions
         self._eval: dict[str, Any] = {"metrics": {}, "per_user_accuracy": {}}
 
     def __getattr__(self, name: str) -> Any:
@@ -88,18 +96,29 @@ class RecordingStrategy(Strategy):
                         grid: Grid) -> Iterable[Message]:
         self._round_start = time.time()
         self._global = {k: v.numpy() for k, v in arrays.items()}
-        return self.inner.configure_train(server_round, arrays, config, grid)
+        self._sent = list(self.inner.configure_train(server_round, arrays, config, grid))
+        return self._sent
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         failed = [m for m in replies if m.has_error()]
-        if failed:
+        crashed = [m for m in failed if m.error.code not in NODE_GONE]
+        if crashed:
             # A client that crashes is a bug in the experiment, not a straggler: stop the run loudly.
-            m = failed[0]
+            m = crashed[0]
             user = self.user_of_node.get(m.metadata.src_node_id, m.metadata.src_node_id)
             raise RuntimeError(f"client of user {user} failed in round {server_round}: "
                                f"{reason_line(m.error.reason or '')}")
+        # A node that went away (a killed SuperNode, a lost connection) is Flower's failure: the round goes on
+        # without that user, who is recorded as failed in it; the run goes on too.
+        # An error reply made by the SuperLink comes from the SuperLink's node, so the user is the one whose
+        # instruction it answers (the grid gave each sent message its id when it pushed it).
+        dst = {m.metadata.message_id: m.metadata.dst_node_id for m in self._sent}
+        self._failed = {str(self.user_of_node.get(dst.get(m.metadata.reply_to_message_id, m.metadata.src_node_id),
+                                                  m.metadata.src_node_id)):
+                        reason_line(m.error.reason or "") or f"error code {m.error.code}" for m in failed}
+        replies = [m for m in replies if not m.has_error()]
         # Replies arrive in whatever order the actors finish; summing them in user order makes the
         # aggregate bit-for-bit the same from run to run (float addition is not associative).
         replies.sort(key=lambda m: str(self.user_of_node.get(m.metadata.src_node_id, m.metadata.src_node_id)))
@@ -138,5 +157,6 @@ class RecordingStrategy(Strategy):
         self.on_round(server_round, {
             "started": self._round_start, "seconds": time.time() - self._round_start,
             "n_clients": self._n_clients, "train": self._train_metrics,
-            "evaluate": ev["metrics"], "per_user_accuracy": ev["per_user_accuracy"],
+            "evaluate": ev["metrics"], "per_user_accuracy": ev["per_user_accuracy"], "failed": dict(self._failed),
         })
+        self._failed = {}

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from fl_sim.cli import audit, bench, config, data, prior, run, runs
+from fl_sim.cli import audit, bench, config, data, deploy, prior, run, runs
 from fl_sim.cli.common import err
 from fl_sim.core.errors import FlSimError
 
@@ -16,6 +16,7 @@ app.add_typer(prior.app, name="prior")
 app.add_typer(config.app, name="config")
 app.add_typer(data.app, name="data")
 app.add_typer(bench.app, name="bench")
+app.add_typer(deploy.app, name="deploy")
 audit.register(app)  # fl-sim audit: visual privacy audit of DP-SGD (fl_sim/experiments/audit)
 run.register(app)    # run, sweep, demo
 runs.register(app)   # runs, export, inspect

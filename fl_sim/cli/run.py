@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from fl_sim.cli.common import CONFIG, RUNS_DIR, err, out, print_all, print_json
+
+if TYPE_CHECKING:
+    from fl_sim.experiments.runner import Launch
 
 
 def run(config: Optional[Path] = CONFIG, set_: Optional[list[str]] = typer.Option(None, "--set", help="key=value override"),
@@ -37,12 +40,14 @@ def sweep(config: Optional[Path] = CONFIG, set_: Optional[list[str]] = typer.Opt
         raise typer.Exit(1)
 
 
-def _run(config: Optional[Path], overrides: list[str], runs_dir: Path, as_json: bool) -> Path:
-    """Run, print the rounds (or JSON), exit 1 on a failed run; returns the run folder."""
+def _run(config: Optional[Path], overrides: list[str], runs_dir: Path, as_json: bool,
+         launch: Optional["Launch"] = None) -> Path:
+    """Run (``launch``: how, see ``run_with_progress``), print the rounds (or JSON), exit 1 on a failed run;
+    returns the run folder."""
     from fl_sim.experiments.reports import rounds_report
     from fl_sim.experiments.runner import run_with_progress
 
-    res = run_with_progress(config, overrides, runs_dir, err.print, console=err)
+    res = run_with_progress(config, overrides, runs_dir, err.print, console=err, launch=launch)
     if as_json:
         print_json({"run_id": res.run_id, "run_dir": str(res.run_dir), "status": res.status, "seconds": res.seconds,
                     "error": res.error})

@@ -42,7 +42,9 @@ def progress_line(cfg: RunConfig, rnd: int, rec: dict[str, Any]) -> str:
         return f"federation done; waiting for {rec['draining']} attack job(s) to finish"
     ev = rec["evaluate"]
     heads = "  ".join(f"{k[4:]} {number(v, 2)}" for k, v in ev.items() if k.startswith("acc_"))
-    return (f"round {rnd}/{cfg.rounds}  clients {rec['n_clients']}  train loss {number(rec['train'].get('loss'))}"
+    failed = rec.get("failed") or {}
+    dropped = f" ({len(failed)} failed: {', '.join(sorted(failed))})" if failed else ""
+    return (f"round {rnd}/{cfg.rounds}  clients {rec['n_clients']}{dropped}  train loss {number(rec['train'].get('loss'))}"
             f"  held-out acc {number(ev.get('accuracy'))} ({heads})  {rec['seconds']:.1f}s")
 
 
@@ -66,9 +68,16 @@ def follow_drain(bar: Bar) -> Callable[[Any], None]:
     return follow
 
 
+Launch = Callable[[RunConfig, Path, Callable[[int, dict[str, Any]], None]], RunResult]
+
+
 def run_with_progress(config: Path | None, overrides: list[str], runs_dir: Path,
-                      say: Callable[[str], None], console: Console | None = None) -> RunResult:
+                      say: Callable[[str], None], console: Console | None = None,
+                      launch: Launch | None = None) -> RunResult:
     """Load and check the config (data errors before the banner), then run it, saying each round.
+
+    ``launch(cfg, runs_dir, progress)`` runs it (default: ``run_federation``, the Simulation Engine in this
+    process; ``fl-sim deploy`` passes a deployment's).
 
     With a ``console`` that is a terminal, the attack drain at the end also gets a bar (attacks
     done/total of the whole run, ETA); on any other console the lines are all there is.
@@ -89,7 +98,7 @@ def run_with_progress(config: Path | None, overrides: list[str], runs_dir: Path,
             rec["watch"](follow_drain(bar))
 
     try:
-        return run_federation(cfg, runs_dir, on_progress)
+        return (launch or run_federation)(cfg, runs_dir, on_progress)
     finally:
         for bar in bars:
             bar.stop()

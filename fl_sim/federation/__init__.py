@@ -174,7 +174,7 @@ def run_federation(cfg: RunConfig, runs_dir: Path,
     store = RunStore(run_dir / "store.sqlite")
     t0 = time.time()
     guard = ProcessGuard(run_dir).start()
-    old_term = _on_sigterm(guard, run_dir)
+    old_term = unwind_on_signals(guard, run_dir)
     try:
         quiet_flower()
         os.environ["FLWR_HOME"] = str(run_dir / "flwr_home")
@@ -211,7 +211,7 @@ class Terminated(KeyboardInterrupt):
 UNWIND_GRACE_S = 20.0
 
 
-def _on_sigterm(guard: ProcessGuard, run_dir: Path) -> Any:
+def unwind_on_signals(guard: ProcessGuard, run_dir: Path) -> Any:
     """SIGTERM and SIGINT raise ``Terminated`` in the main thread while a run goes, and start a watchdog
     that ends the process (exit 128 + signal) if unwinding has not ended it in ``UNWIND_GRACE_S``.
     Returns the previous handlers (None off the main thread, where handlers cannot be set)."""

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from clients.app import make_client_app
+from fl_sim.core.config import load_config
 from fl_sim.core.flwr_config import config_from_flwr
 
 client_app = ClientApp()
@@ -17,7 +19,11 @@ client_app = ClientApp()
 def _app(key: tuple[tuple[str, str], ...], n_nodes: int) -> ClientApp:
     from fl_sim.federation import prepare_users
 
-    cfg = config_from_flwr(dict(key), n_nodes)
+    run_config = dict(key)
+    if run_config.get("run-dir"):  # `fl-sim deploy`: the run's config snapshot, the same the ServerApp reads
+        cfg = load_config(Path(run_config["run-dir"]) / "config.toml", [])
+    else:
+        cfg = config_from_flwr(run_config, n_nodes)
     return make_client_app(cfg, [u.user for u in prepare_users(cfg)])
 
 

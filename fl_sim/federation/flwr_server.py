@@ -3,22 +3,36 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fl_sim.federation import init_run
+from fl_sim.core.config import RunConfig, load_config
 from fl_sim.core.flwr_config import config_from_flwr
 from fl_sim.core.store import FAILED, FINISHED, RunStore
+from fl_sim.federation import init_run, prepare_users
 from server.app import serve
 
 server_app = ServerApp()
 
 
+def _run_folder(grid: Grid, run_config: dict[str, Any]) -> tuple[RunConfig, list[str], Path]:
+    """The run's config, users and folder. ``run-dir`` set (by ``fl-sim deploy``): that folder's store and config
+    snapshot are already written, and the snapshot says how many users (nodes) to wait for. Else (plain
+    `flwr run .`): the config from ``config-file``/``overrides``, one user per connected node, a new folder."""
+    run_dir = str(run_config.get("run-dir", "") or "")
+    if run_dir:
+        cfg = load_config(Path(run_dir) / "config.toml", [])
+        return cfg, [u.user for u in prepare_users(cfg)], Path(run_dir)
+    cfg = config_from_flwr(run_config, len(list(grid.get_node_ids())))
+    users, _, folder = init_run(cfg, Path(str(run_config.get("runs-dir", "runs"))).resolve())
+    return cfg, users, folder
+
+
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
-    cfg = config_from_flwr(dict(context.run_config), len(list(grid.get_node_ids())))
-    users, _, run_dir = init_run(cfg, Path(str(context.run_config.get("runs-dir", "runs"))).resolve())
+    cfg, users, run_dir = _run_folder(grid, dict(context.run_config))
     outcome: dict = {}
     try:
         serve(grid, cfg, users, run_dir, outcome=outcome, context=context)
