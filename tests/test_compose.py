@@ -417,10 +417,8 @@ def test_fab_does_not_hide_the_installed_assets(tmp_path):
                          cwd=tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr[-1000:]
     where, found = out.stdout.split()
-    if not found == "True":
-        pytest.xfail(f"known gap: the FAB's fl_sim ({where}) shadows the installed one and has no users.zip; "
-                     "fix: fab-exclude the packages in [tool.flwr.app] or resolve ASSET_ROOT from the installed "
-                     "distribution")
+    assert found == "True", (f"the FAB's fl_sim ({where}) shadows the installed one and has no users.zip: "
+                             "keep fab-include in [tool.flwr.app] free of the packages")
 
 
 # --- the real parser ---------------------------------------------------------------------------------------------
