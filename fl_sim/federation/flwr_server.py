@@ -9,6 +9,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fl_sim.core.config import RunConfig, load_config
+from fl_sim.core.errors import error_line
 from fl_sim.core.flwr_config import config_from_flwr
 from fl_sim.core.store import FAILED, FINISHED, RunStore
 from fl_sim.federation import init_run, prepare_users
@@ -32,11 +33,18 @@ def _run_folder(grid: Grid, run_config: dict[str, Any]) -> tuple[RunConfig, list
 
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
-    cfg, users, run_dir = _run_folder(grid, dict(context.run_config))
-    outcome: dict = {}
+    run_config = dict(context.run_config)
+    given = str(run_config.get("run-dir", "") or "")
+    run_dir: Path | None = Path(given) if given else None
+    outcome: dict[str, Any] = {}
     try:
+        cfg, users, run_dir = _run_folder(grid, run_config)
         serve(grid, cfg, users, run_dir, outcome=outcome, context=context)
+    except BaseException as exc:
+        outcome.setdefault("error", error_line(exc))  # e.g. a snapshot that no longer loads: the run says why
+        raise
     finally:
-        st = RunStore(run_dir / "store.sqlite")
-        st.finish_run(FINISHED if "final_arrays" in outcome else FAILED, error=outcome.get("error"))
-        st.close()
+        if run_dir is not None and (run_dir / "store.sqlite").exists():
+            st = RunStore(run_dir / "store.sqlite")
+            st.finish_run(FINISHED if "final_arrays" in outcome else FAILED, error=outcome.get("error"))
+            st.close()
