@@ -18,7 +18,12 @@ demo: $(STAMP)
 	$(BIN)/fl-sim demo
 
 # The strict type check (ground floor + attacks, see pyproject [tool.mypy]), then the suite (layering rule included).
+# docker-compose (Debian) lets tests/test_compose.py run `docker-compose config` (no daemon needed); where it
+# cannot be installed (not root, no apt), that one check skips and says why.
 test: $(STAMP)
+	@command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null; } || \
+	  echo "make test: no docker-compose; tests/test_compose.py skips its 'compose config' check"
 	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest -q
 

@@ -1,4 +1,4 @@
-"""`fl-sim bench federation | attack`: the benchmarks whose numbers go to docs/BENCHMARKS.md."""
+"""`fl-sim bench federation | deploy | attack`: the benchmarks whose numbers go to docs/BENCHMARKS.md."""
 
 from __future__ import annotations
 
@@ -31,6 +31,26 @@ def bench_federation(as_json: bool = typer.Option(False, "--json"),
 
     with Bar(err, "rounds") as bar:
         res = (bench_federation_attacks if attacks else bench)(set_ or [], rounds=rounds, runs_dir=runs_dir, step=bar.step)
+    if as_json:
+        print_json(res)
+    else:
+        print_all(figure_lines(res))
+
+
+@app.command("deploy")
+def bench_deploy_cmd(as_json: bool = typer.Option(False, "--json"),
+                     rounds: int = typer.Option(4, "--rounds", min=2),
+                     set_: Optional[list[str]] = typer.Option(None, "--set"),
+                     runs_dir: Path = typer.Option(Path(".cache/bench-runs"), "--runs-dir")) -> None:
+    """Round wall time of the local deployment (Flower's Deployment Engine) vs the simulation, same config."""
+    from fl_sim.core.config import load_config
+    from fl_sim.experiments.bench import bench_deploy
+    from fl_sim.experiments.bench_reports import figure_lines
+    from fl_sim.experiments.progress import Bar
+
+    load_config(None, [*(set_ or []), f"rounds={rounds}"])  # config errors are one line, before anything runs
+    with Bar(err, "rounds") as bar:
+        res = bench_deploy(set_ or [], rounds=rounds, runs_dir=runs_dir, step=bar.step)
     if as_json:
         print_json(res)
     else:

@@ -150,3 +150,35 @@ def write_doc_section(doc: Path, key: str, text: str) -> None:
     tmp = doc.with_suffix(doc.suffix + ".tmp")
     tmp.write_text(new)
     tmp.replace(doc)
+
+
+def bench_deploy(overrides: list[str], *, rounds: int, runs_dir: Path,
+                 step: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Round wall time of Flower's Deployment Engine on the loopback (`fl-sim deploy local`: a SuperLink, a
+    SuperNode per user, a ClientApp process per message) vs the Simulation Engine, same config, one after the
+    other in this process; attacks off (the worker's cost is measured by ``bench federation --attacks``)."""
+    from fl_sim.core.store import RunStore
+    from fl_sim.federation.deploy import deploy
+
+    cfg = load_config(None, [f"rounds={rounds}", "attack.enabled=false", *overrides])
+    at = _rounds_step(step, 2 * cfg.rounds)
+    sim, sim_total, (sim_res, _) = _flower_rounds(cfg, runs_dir, at(0))
+    dep_cfg = load_config(None, [f"rounds={rounds}", "attack.enabled=false", *overrides])
+    on_round = at(cfg.rounds)
+    t0 = time.time()
+    res = deploy(dep_cfg, runs_dir, (lambda rnd, _rec: on_round(rnd) if on_round and rnd > 0 else None),
+                 mode="local", say=lambda _s: None)
+    dep_total = time.time() - t0
+    if res.status != "finished":
+        raise RuntimeError(f"bench deploy run failed: {res.error}")
+    st = RunStore(res.run_dir / "store.sqlite", readonly=True)
+    dep = [r["seconds"] for r in st.rounds()]
+    st.close()
+    return {
+        "config": {"users": cfg.users, "rounds": cfg.rounds, "protocol": cfg.protocol, "model": cfg.model.name,
+                   "photos_per_user": cfg.data.photos_per_user, "image_size": cfg.data.image_size},
+        "deploy_round_s": _steady(dep), "simulation_round_s": _steady(sim), "ratio": _steady(dep) / _steady(sim),
+        "deploy_first_round_s": dep[0], "simulation_first_round_s": sim[0],
+        "deploy_total_s": dep_total, "simulation_total_s": sim_total,
+        "deploy_rounds_s": dep, "simulation_rounds_s": sim, "run_ids": {"simulation": sim_res.run_id, "deploy": res.run_id},
+    }
