@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -37,6 +38,9 @@ class AttackConfig:
     prior_every: int = 1  # query the prior every k-th iteration and hold its gradient in between
     fedavg: str = "pseudo"  # FedAvg updates: pseudo (match Δ/(ηK) as a gradient) | simulate (K local steps)
     seed: int = 0
+    # Where the candidates, the model and the matching live (e.g. "cuda"); the noise is drawn on the CPU
+    # either way, so a seed gives the same start. Results come back on the CPU.
+    device: str = "cpu"
 
 
 @dataclass
@@ -101,9 +105,12 @@ def _problem(observations: list[Observation], cfg: AttackConfig) -> _Problem:
         if o.image_shape != first.image_shape or o.round != first.round:
             raise ValueError("a batched attack needs observations of one round and image shape")
     inferred = [infer_labels(o) for o in observations]
-    params = {k: v.detach() for k, v in first.global_params.items()}
-    targets = [{k: v.detach() for k, v in o.gradient().items()} for o in observations]
-    labels = torch.stack([inf.as_tensor(first.heads) for inf in inferred])
+    dev = torch.device(cfg.device)
+    params = {k: v.detach().to(dev) for k, v in first.global_params.items()}
+    targets = [{k: v.detach().to(dev) for k, v in o.gradient().items()} for o in observations]
+    labels = torch.stack([inf.as_tensor(first.heads) for inf in inferred]).to(dev)
+    if dev.type != "cpu":  # the model's buffers (norm statistics) join its parameters; the caller's model stays
+        first = replace(first, model=copy.deepcopy(first.model).to(dev))
     if cfg.fedavg not in ("pseudo", "simulate"):
         raise ValueError(f"fedavg mode {cfg.fedavg!r} is not pseudo or simulate")
     steps = first.local_steps if cfg.fedavg == "simulate" and first.protocol == "fedavg" else 1
@@ -114,15 +121,15 @@ def _problem(observations: list[Observation], cfg: AttackConfig) -> _Problem:
 
 def _init(n: int, shape: tuple[int, int, int], cfg: AttackConfig, restart: int) -> torch.Tensor:
     if cfg.init == "zeros" and restart == 0:
-        return torch.zeros(n, *shape)
+        return torch.zeros(n, *shape).to(cfg.device)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + restart)
-    return (torch.randn((n, *shape), generator=gen) * 0.5).clamp(-1, 1)
+    return (torch.randn((n, *shape), generator=gen) * 0.5).clamp(-1, 1).to(cfg.device)
 
 
 def _results(method: str, pb: _Problem, best_x: torch.Tensor, best_loss: torch.Tensor,
              traces: list[list[float]], t0: float) -> list[Reconstruction]:
     secs = (time.time() - t0) / len(pb.targets)
-    return [Reconstruction(method=method, image=best_x[b].detach().clamp(-1, 1), labels=pb.inferred[b].labels,
+    return [Reconstruction(method=method, image=best_x[b].detach().clamp(-1, 1).cpu(), labels=pb.inferred[b].labels,
                            label_counts=pb.inferred[b].counts, loss_trace=traces[b], seconds=secs,
                            final_loss=float(best_loss[b])) for b in range(len(pb.targets))]
 
@@ -135,8 +142,8 @@ def _optimise(method: str, observations: list[Observation], cfg: AttackConfig,
     t0 = time.time()
     pb = _problem(observations, cfg)
     n = len(observations)
-    best_x = torch.zeros(n, *pb.obs.image_shape)
-    best_loss = torch.full((n,), float("inf"))
+    best_x = torch.zeros(n, *pb.obs.image_shape, device=cfg.device)
+    best_loss = torch.full((n,), float("inf"), device=cfg.device)
     traces: list[list[float]] = [[] for _ in range(n)]
     for r in range(cfg.restarts):
         x = _init(n, pb.obs.image_shape, cfg, r).requires_grad_(True)
@@ -231,7 +238,7 @@ def diffusion(observations: list[Observation], prior: DiffusionPrior | None,
             noise = torch.randn(xp.shape, generator=gen).to(prior.device)
             with torch.inference_mode():
                 g_prior = prior.eps(prior.add_noise(xp, t, noise), t) - noise
-            held[:] = [unit(prior.from_prior(g_prior.cpu(), size))]
+            held[:] = [unit(prior.from_prior(g_prior.to(x.device), size))]
         return unit(g_match) + cfg.prior_weight * held[0]
 
     recs = _optimise("diffusion", observations, cfg, lambda pb, x: _matching(pb, x, cosine=True), step_hook=hook)
@@ -265,7 +272,7 @@ def _diffusion_latent(observations: list[Observation], prior: DiffusionPrior, cf
         opt = torch.optim.Adam([x_t], lr=cfg.lr)
         for _ in range(per_t):
             opt.zero_grad(set_to_none=True)
-            x0 = prior.from_prior(prior.x0(x_t, t).cpu(), size)
+            x0 = prior.from_prior(prior.x0(x_t, t).to(cfg.device), size)
             loss = _matching(pb, x0, cosine=True)
             loss.sum().backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
             opt.step()
@@ -274,7 +281,7 @@ def _diffusion_latent(observations: list[Observation], prior: DiffusionPrior, cf
         t_prev = ts[i + 1] if i + 1 < len(ts) else -1
         with torch.no_grad():
             x_t = prior.ddim_step(x_t.detach(), t, t_prev).prev_sample
-    x = prior.from_prior(x_t.detach().cpu(), size).clamp(-1, 1)
+    x = prior.from_prior(x_t.detach().to(cfg.device), size).clamp(-1, 1)
     with torch.no_grad():
         final = _matching(pb, x, cosine=True)
     return _results("diffusion", pb, x, final, traces, t0)

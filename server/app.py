@@ -24,7 +24,7 @@ from fl_sim.core.store import RunStore
 from fl_sim.core.utility import HoldoutEvaluator
 from server.curious import AttackDispatcher, CuriousStrategy
 from server.strategy import RecordingStrategy, SeededFedAvg, update_norms
-from server.worker import make_remote_worker
+from server.worker import check_placement, connect_worker_ray, make_remote_worker
 
 QUERY_TIMEOUT_S = 120.0
 
@@ -81,6 +81,7 @@ def serve(grid: Grid, cfg: RunConfig, users: list[str], run_dir: Path,
     store = RunStore(run_dir / "store.sqlite")
     dispatcher: AttackDispatcher | None = None
     attack_store: RunStore | None = None
+    own_ray = False  # this process connected to (or started) Ray for the worker: it disconnects at the end
     try:
         user_of_node = discover_users(grid, len(users))
         for node, user in user_of_node.items():
@@ -103,6 +104,8 @@ def serve(grid: Grid, cfg: RunConfig, users: list[str], run_dir: Path,
             if progress:
                 progress(rnd, rec)
 
+        if cfg.attack.enabled:
+            own_ray = connect_worker_ray(cfg.attack.ray_address)
         dispatcher, attack_store = _start_attacks(cfg, heads, users, run_dir, defenses)
         if (agg_only := aggregate_only(cfg)) is not None:
             final = _serve_secagg(grid, context, cfg, users, model, user_of_node, store, dispatcher, defenses,
@@ -128,6 +131,8 @@ def serve(grid: Grid, cfg: RunConfig, users: list[str], run_dir: Path,
         if attack_store is not None:
             attack_store.close()
         store.close()
+        if own_ray and ray.is_initialized():
+            ray.shutdown()  # never leave a driver connection (or a private Ray) behind
 
 
 def _start_attacks(cfg: RunConfig, heads: list[Any], users: list[str], run_dir: Path,
@@ -135,15 +140,18 @@ def _start_attacks(cfg: RunConfig, heads: list[Any], users: list[str], run_dir: 
     """The curious server's worker and dispatcher, when attacks are on."""
     if not cfg.attack.enabled:
         return None, None
-    # Created after Flower's backend started Ray, so Flower's own Ray settings stand.
-    worker = make_remote_worker(cfg.attack.worker_cpus, cfg.attack.worker_gpus)
+    a = cfg.attack
+    # Created after Flower's backend started Ray (or ``connect_worker_ray`` connected), so Flower's own Ray settings stand.
+    check_placement(a.worker_gpus, a.worker_resource)
+    worker = make_remote_worker(a.worker_cpus, a.worker_gpus, a.worker_resource)
     # Wait for its start-up (imports, prior, evaluators) here: it would otherwise compete
     # with the first rounds' training for the CPU.
-    ray.get(worker.warm_up.remote(cfg.attack.prior if "diffusion" in cfg.attack.methods else None))
+    ray.get(worker.warm_up.remote(a.prior if "diffusion" in a.methods else None))
     # The dispatcher's own connection: its pump thread writes attacks while this thread
     # writes rounds and updates (WAL; sqlite serialises the two writers).
     attack_store = RunStore(run_dir / "store.sqlite", threads=True)
     dispatcher = AttackDispatcher(cfg, heads, users, run_dir, attack_store, worker, defenses)
+    dispatcher.note_worker(ray.get(worker.where.remote()))  # where it runs (process, node, device), in the store
     dispatcher.start()
     return dispatcher, attack_store
 

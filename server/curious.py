@@ -88,7 +88,7 @@ class AttackDispatcher:
         self.defenses = defenses or {}
         self.pending: list[_Pending] = []
         self._next_id = 0
-        self._worker_died = False  # set when a job fails because the worker process died
+        self._worker_pid: int | None = None  # the worker process jobs go to (``note_worker``)
         self._thread: threading.Thread | None = None
         self._inbox: queue.Queue[Any] = queue.Queue()
         self._cond = threading.Condition()
@@ -225,25 +225,35 @@ class AttackDispatcher:
         # An aggregate: the defenses every user shares (SecAgg+ is federation-wide).
         return shared_record(self.defenses)
 
-    def _wait_until_alive(self, timeout: float = 60.0) -> None:
-        """A job sent while Ray restarts the worker would fail unrun: wait for the worker first."""
+    def _wait_until_alive(self, timeout: float = 60.0) -> dict[str, Any]:
+        """A job sent while Ray restarts the worker would fail unrun: wait for the worker first; returns where
+        the restarted worker runs."""
         import ray
 
         deadline = time.time() + timeout
         while True:
             try:
-                ray.get(self.worker.pid.remote(), timeout=timeout)
-                return
+                where: dict[str, Any] = ray.get(self.worker.where.remote(), timeout=timeout)
+                return where
             except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
                 if time.time() > deadline:
                     raise
                 time.sleep(0.5)
 
+    def note_worker(self, where: dict[str, Any]) -> None:
+        """Record where the worker runs (``AttackWorker.where``): at its start, and after each restart."""
+        self._worker_pid = where.get("pid")
+        self.store.add_worker(where)
+
     def submit(self, job: AttackJob, ids: dict[tuple[str | None, str], int]) -> None:
-        """Send a job (its attacks stay 'queued' in the store until the worker's result arrives)."""
-        if self._worker_died:  # only then is a probe worth its round trip on the server's round
-            self._wait_until_alive()
-            self._worker_died = False
+        """Send a job (its attacks stay 'queued' in the store until the worker's result arrives).
+
+        The worker is probed first (its own thread answers while a job runs; a few ms, on the pump thread): a job
+        sent while Ray restarts a dead worker would fail unrun, before the death of the one in flight is even seen.
+        A worker with a new pid was restarted, and is recorded again."""
+        where = self._wait_until_alive()
+        if where.get("pid") != self._worker_pid:
+            self.note_worker(where)
         self.pending.append(_Pending(self.worker.run_job.remote(job), job, ids))
         self.jobs_total += 1
         self.attacks_total += len(ids)
@@ -271,7 +281,6 @@ class AttackDispatcher:
                 err = error_line(exc)  # the original exception's one line, Ray's wrapper and colours removed
                 results = [AttackResult(t, m, "failed", error=f"attack worker died mid-job: {err}")
                            for (t, m) in p.attack_ids]
-                self._worker_died = True
             finished.append(p)
             for res in results:
                 self.store.record_attack(p.attack_ids[(res.target, res.method)], res, commit=False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import torch
 
 from attacks.methods import AttackConfig, run_attack
 from attacks.observation import Observation
-from fl_sim.core.errors import error_line
+from fl_sim.core.errors import ConfigError, error_line
 from fl_sim.core.records import AttackResult
 from server.observe import RoundReplies
 
@@ -56,8 +56,11 @@ class AttackOutcome:
 class AttackWorker:
     """Runs jobs; CPU workers lower their own priority so the federation's clients come first."""
 
-    def __init__(self, low_priority: bool = True) -> None:
+    def __init__(self, low_priority: bool = True, gpus: float = 0.0) -> None:
         self._low = low_priority and not torch.cuda.is_available()
+        # On a GPU only when one was asked for (attack.worker_gpus > 0) and this process sees one: with 0 GPUs Ray
+        # may still leave the card visible (RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0), and the CPU path is the default.
+        self._device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
         self._lower_priority()
         torch.set_num_threads(1)
         self._priors: dict[str, Any] = {}
@@ -100,11 +103,18 @@ class AttackWorker:
         """Liveness probe; its own concurrency group, so it answers while a job runs."""
         return os.getpid()
 
+    @ray.method(concurrency_group="probe")
+    def where(self) -> dict[str, Any]:
+        """Where this worker runs: its process, its Ray node (id and address) and the device its attacks use."""
+        ctx = ray.get_runtime_context()
+        return {"pid": os.getpid(), "node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address(),
+                "device": self._device}
+
     def _prior(self, spec: str) -> Any:
         from fl_sim.core.priors import open_prior
 
         if spec not in self._priors:
-            self._priors[spec] = open_prior(spec)
+            self._priors[spec] = open_prior(spec, device=self._device)
         return self._priors[spec]
 
     def run_job(self, job: AttackJob) -> AttackOutcome:
@@ -120,7 +130,8 @@ class AttackWorker:
             obs = job.observations.observations() if isinstance(job.observations, RoundReplies) else job.observations
             recs: dict[str, list[Any]] = {}
             for method in job.methods:
-                recs[method] = run_attack(method, obs, prior, job.attack_configs[method])
+                cfg = job.attack_configs[method]
+                recs[method] = run_attack(method, obs, prior, replace(cfg, device=self._device))
             out.results = self._score(job, recs)
         except Exception as exc:  # noqa: BLE001 - recorded as the job's failure, with its error
             out.error = error_line(exc)
@@ -160,11 +171,77 @@ class AttackWorker:
         return rows
 
 
-def make_remote_worker(num_cpus: float, num_gpus: float) -> Any:
-    """The worker as a Ray actor; Ray restarts it if its process dies (the job in flight fails)."""
+# How much of ``attack.worker_resource`` the worker asks: the resource marks the node, and many runs' workers may
+# share one node that carries 1 of it.
+RESOURCE_SHARE = 0.01
+
+
+def make_remote_worker(num_cpus: float, num_gpus: float, resource: str = "") -> Any:
+    """The worker as a Ray actor; Ray restarts it if its process dies (the job in flight fails).
+
+    ``resource``: a custom Ray resource; the worker is placed on a node that carries it.
+    """
     import ray
 
     # Jobs run one at a time (the default group); the probe gets its own thread, or a liveness
     # check would queue behind the job in flight and stall the round that submits the next one.
     actor = ray.remote(max_restarts=-1, max_task_retries=0, concurrency_groups={"probe": 1})(AttackWorker)
-    return actor.options(num_cpus=num_cpus, num_gpus=num_gpus).remote(low_priority=num_gpus == 0)
+    placed = {"resources": {resource: RESOURCE_SHARE}} if resource else {}
+    return actor.options(num_cpus=num_cpus, num_gpus=num_gpus, **placed).remote(low_priority=num_gpus == 0,
+                                                                                gpus=num_gpus)
+
+
+def ray_env() -> dict[str, Any]:
+    """The runtime environment a driver gives its job's workers: this process's import path (as Flower's backend
+    does), so the cluster's workers import the same fl-sim, attacks and plugins."""
+    import sys
+
+    path = os.pathsep.join([*sys.path, *([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])])
+    return {"env_vars": {"PYTHONPATH": path}}
+
+
+def connect_worker_ray(address: str) -> bool:
+    """Ray for the attack worker; True when this call initialised it (the caller then shuts it down).
+
+    In a simulation the process is already in the Ray Flower's backend started (or attached to): the worker is
+    created there, and ``attack.ray_address``, when set, must name that cluster (its port is compared; ``auto``
+    and ``ray://`` addresses cannot be compared and are taken as meant). In the Deployment Engine the ServerApp's
+    process has no Ray: it connects to ``address``, or starts a private local Ray when the address is empty.
+    """
+    from fl_sim.core.preflight import check_ray_address
+
+    if ray.is_initialized():
+        port = address.rpartition(":")[2]
+        if address and address != "auto" and "://" not in address:
+            here = ray.get_runtime_context().gcs_address
+            if here.rpartition(":")[2] != port:
+                raise ConfigError(f"config key 'attack.ray_address': {address} is not the Ray this process runs in "
+                                  f"({here}); in a simulation the worker lives in the simulation's Ray "
+                                  "(set simulation.ray_address, or leave attack.ray_address empty)")
+        return False
+    quiet = {"logging_level": "error", "log_to_driver": False}
+    if not address:
+        ray.init(include_dashboard=False, **quiet)
+        return True
+    check_ray_address(address, "attack.ray_address")
+    try:
+        ray.init(address=address, runtime_env=ray_env(), **quiet)
+    except Exception as exc:  # noqa: BLE001 - Ray's refusals (no cluster for auto, a version mismatch): one line
+        raise ConfigError(f"config key 'attack.ray_address': cannot connect to Ray at {address}: "
+                          f"{error_line(exc)}") from None
+    return True
+
+
+def check_placement(worker_gpus: float, resource: str) -> None:
+    """Some live node of the Ray cluster can hold the worker (its GPUs and its custom resource), or the worker
+    would wait forever for a place: a one-line error naming the key instead."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if resource and not any(r.get(resource, 0) >= RESOURCE_SHARE for r in nodes):
+        raise ConfigError(f"config key 'attack.worker_resource': no node of the Ray cluster carries resource "
+                          f"{resource!r} (start one with ray start ... --resources '{{\"{resource}\": 1}}')")
+    fits = [r for r in nodes if r.get("GPU", 0) >= worker_gpus and (not resource or r.get(resource, 0) >= RESOURCE_SHARE)]
+    if not fits:
+        where = f" that carries {resource!r}" if resource else ""
+        most = max((r.get("GPU", 0) for r in nodes), default=0)
+        raise ConfigError(f"config key 'attack.worker_gpus': {worker_gpus} GPU(s) asked, but no node{where} of the "
+                          f"Ray cluster has that many (most on one node: {most:g})")

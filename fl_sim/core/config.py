@@ -70,6 +70,8 @@ class SimulationConfig:
     ray_num_cpus: int = _f(0, "CPUs Ray may use (0: all of this machine's)", min=0)
     pull_interval_s: float = _f(0.01, "how often the server polls the simulation for replies (Flower's default: 0.1)",
                                 min_exclusive=0.0)
+    ray_address: str = _f("", "empty: start a private Ray for the run | an existing Ray cluster to run on (host:port "
+                              "of its GCS, auto, or ray://host:10001): the run attaches, then only disconnects")
 
 
 @dataclass
@@ -87,7 +89,11 @@ class AttackPolicyConfig:
     when_full: str = _f("wait", "full queue: wait for a slot | drop the job (recorded as dropped)",
                         choices=("wait", "drop"))
     worker_cpus: float = _f(0.0, "CPUs reserved for the attack worker (0 on a CPU host: it runs at low priority beside the clients, whose actor pool takes every CPU Ray has)", min=0.0)
-    worker_gpus: float = _f(0.0, "GPUs (fraction) for the attack worker actor", min=0.0)
+    worker_gpus: float = _f(0.0, "GPUs (fraction) for the attack worker actor; on a GPU its attacks run there", min=0.0)
+    worker_resource: str = _f("", "a custom Ray resource (e.g. attack_worker) the worker asks 1 of: Ray places it on "
+                                  "the node started with --resources '{\"attack_worker\": 1}'")
+    ray_address: str = _f("", "empty: the run's own Ray (a simulation's) | the Ray cluster the server connects to for "
+                              "its worker when its process has none (Deployment Engine): host:port, auto, ray://...")
     drain_timeout_s: float = _f(1800.0, "at the end, wait this long for attacks; the rest are 'unfinished'", min=0.0)
 
 

@@ -35,6 +35,9 @@ CREATE TABLE IF NOT EXISTS attacks (
     method TEXT, status TEXT, created REAL, started REAL, finished REAL, seconds REAL,
     metrics TEXT, image TEXT, error TEXT, defenses TEXT
 );
+CREATE TABLE IF NOT EXISTS workers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, started REAL, pid INTEGER, node_id TEXT, node_ip TEXT, device TEXT
+);
 """
 
 RUNNING, FINISHED, FAILED, NOT_FINISHED = "running", "finished", "failed", "not-finished"
@@ -205,6 +208,11 @@ class RunStore:
         self.update_attack(attack_id, status=result.status, metrics=result.metrics, image=result.image,
                            error=result.error, commit=commit)
 
+    def add_worker(self, where: dict[str, Any]) -> None:
+        """The attack worker (re)started: its process, Ray node and device (``AttackWorker.where``)."""
+        self._write("INSERT INTO workers (started, pid, node_id, node_ip, device) VALUES (?,?,?,?,?)",
+                    (time.time(), where.get("pid"), where.get("node_id"), where.get("node_ip"), where.get("device")))
+
     def commit(self) -> None:
         self._db.commit()
 
@@ -251,6 +259,11 @@ class RunStore:
     def updates(self) -> list[dict[str, Any]]:
         return self._rows("SELECT * FROM updates ORDER BY round, id", ("layer_norms", "defenses", "metrics"))
 
+    def workers(self) -> list[dict[str, Any]]:
+        """Each start of the attack worker, in order (a store written before workers were recorded: none)."""
+        tables = {r[0] for r in self._read("SELECT name FROM sqlite_master WHERE type='table'")}
+        return self._rows("SELECT * FROM workers ORDER BY id") if "workers" in tables else []
+
     def attacks(self) -> list[dict[str, Any]]:
         """Every attack row; one still ``queued``/``running`` in a run that is over (finished, failed,
         or its writer gone) reads ``unfinished``: nothing will ever take it up."""
@@ -271,7 +284,8 @@ class RunStore:
                 a["image"] = str((self.dir / a["image"]).resolve())
             attacks.append(a)
         return {"run": {k: v for k, v in run.items() if k != "config"}, "config": run.get("config", {}),
-                "users": self.users(), "rounds": self.rounds(), "updates": self.updates(), "attacks": attacks}
+                "users": self.users(), "rounds": self.rounds(), "updates": self.updates(), "attacks": attacks,
+                "workers": self.workers()}
 
 
 def list_runs(runs_dir: Path) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fl_sim.core.config import RunConfig, to_dict, to_toml
-from fl_sim.core.preflight import check_resources
+from fl_sim.core.preflight import check_ray_address, check_resources
 from fl_sim.core.data import UserRecord, choose_users, open_dataset
 from fl_sim.core.errors import ConfigError, FlSimError, error_line
 from fl_sim.core.store import FAILED, FINISHED, RunStore
@@ -128,13 +128,49 @@ def ray_on_loopback() -> bool:
 
 
 def backend_config(cfg: RunConfig) -> dict[str, Any]:
-    init: dict[str, Any] = {"include_dashboard": False, "logging_level": "error", "log_to_driver": False}
-    if ray_on_loopback():
-        init["_node_ip_address"] = "127.0.0.1"
-    if cfg.simulation.ray_num_cpus:
-        init["num_cpus"] = cfg.simulation.ray_num_cpus
+    """Flower's Ray backend settings; its ``init_args`` go to ``ray.init``. Attached to a cluster
+    (``simulation.ray_address``), only the address and the log settings: Ray refuses node settings
+    (CPUs, node address, dashboard) when it connects to a cluster it did not start."""
+    init: dict[str, Any] = {"logging_level": "error", "log_to_driver": False}
+    if cfg.simulation.ray_address:
+        init["address"] = cfg.simulation.ray_address
+    else:
+        init["include_dashboard"] = False
+        if ray_on_loopback():
+            init["_node_ip_address"] = "127.0.0.1"
+        if cfg.simulation.ray_num_cpus:
+            init["num_cpus"] = cfg.simulation.ray_num_cpus
     return {"client_resources": {"num_cpus": cfg.simulation.client_cpus, "num_gpus": cfg.simulation.client_gpus},
             "init_args": init}
+
+
+def check_simulation_ray(cfg: RunConfig) -> None:
+    """In a simulation the attack worker lives in the simulation's Ray: ``attack.ray_address`` (meant for the
+    Deployment Engine's ServerApp process) may only repeat ``simulation.ray_address``."""
+    a, sim = cfg.attack, cfg.simulation
+    if a.enabled and a.ray_address and a.ray_address != sim.ray_address:
+        raise ConfigError(f"config key 'attack.ray_address': {a.ray_address!r} in a simulation, whose worker runs in "
+                          f"the simulation's Ray ({sim.ray_address or 'a private one'}); set simulation.ray_address "
+                          "to run the whole simulation on that cluster, or leave attack.ray_address empty")
+
+
+def attach_ray(cfg: RunConfig) -> None:
+    """Connect this driver to the cluster ``simulation.ray_address`` names (Flower's backend then uses this
+    connection); an unreachable address is a one-line error naming the key, at once."""
+    import ray
+
+    from server.worker import ray_env
+
+    address = cfg.simulation.ray_address
+    if ray.is_initialized():
+        return
+    check_ray_address(address, "simulation.ray_address")
+    init = backend_config(cfg)["init_args"]
+    try:
+        ray.init(runtime_env=ray_env(), **init)
+    except Exception as exc:  # noqa: BLE001 - Ray's refusals (no cluster for auto, a version mismatch): one line
+        raise ConfigError(f"config key 'simulation.ray_address': cannot connect to Ray at {address}: "
+                          f"{error_line(exc)}") from None
 
 
 def init_run(cfg: RunConfig, runs_dir: Path) -> tuple[list[str], str, Path]:
@@ -169,6 +205,7 @@ def run_federation(cfg: RunConfig, runs_dir: Path,
     from clients.app import make_client_app
     from server.app import make_server_app
 
+    check_simulation_ray(cfg)
     ids, run_id, run_dir = init_run(cfg, runs_dir)
     reap_orphans(runs_dir)  # Ray processes left by an earlier run whose driver was SIGKILLed
     store = RunStore(run_dir / "store.sqlite")
@@ -178,6 +215,8 @@ def run_federation(cfg: RunConfig, runs_dir: Path,
     try:
         quiet_flower()
         os.environ["FLWR_HOME"] = str(run_dir / "flwr_home")
+        if cfg.simulation.ray_address:
+            attach_ray(cfg)  # before Flower's backend, which would otherwise wait minutes on an unreachable address
         outcome: dict[str, Any] = {}
         run_simulation(server_app=make_server_app(cfg, ids, run_dir, progress, outcome, wrap),
                        client_app=make_client_app(cfg, ids), num_supernodes=len(ids),

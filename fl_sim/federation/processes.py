@@ -1,9 +1,13 @@
 """The processes a run starts (Ray's GCS, raylet, agents, workers): recorded as they appear, stopped by
 their own process ids when the run ends, and reaped by the next fl-sim command if the driver was killed.
 
-A process is "the run's" when it descends from the driver while the run goes; it is identified by its
-pid *and* its start time (``/proc/<pid>/stat``), so a pid reused later by another process is never
-touched. Nothing here kills by name.
+A process is "the run's" when it descends from the driver while the run goes, through processes that all
+started after the run did: whatever the driver's process already had running when the run began (a Ray
+cluster a test or a notebook started, and the workers that cluster starts later) is not the run's. A run
+attached to a cluster (``simulation.ray_address``) starts no Ray process of its own: the cluster's raylet
+starts its workers, and only ``ray.shutdown()`` ends its connection. A process is identified by its pid
+*and* its start time (``/proc/<pid>/stat``), so a pid reused later by another process is never touched.
+Nothing here kills by name.
 """
 
 from __future__ import annotations
@@ -40,8 +44,9 @@ def _cmd(pid: int) -> str:
         return ""
 
 
-def descendants(root: int) -> dict[int, int]:
-    """Every live descendant of ``root``: pid -> start ticks (one pass over /proc)."""
+def descendants(root: int, skip: dict[int, int] | None = None) -> dict[int, int]:
+    """Every live descendant of ``root``: pid -> start ticks (one pass over /proc); the processes in ``skip``
+    (pid -> start ticks: the same processes, not reused pids) and everything below them are left out."""
     children: dict[int, list[tuple[int, int]]] = {}
     for name in os.listdir("/proc"):
         if name.isdigit():
@@ -52,7 +57,7 @@ def descendants(root: int) -> dict[int, int]:
     todo = [root]
     while todo:
         for pid, ticks in children.get(todo.pop(), []):
-            if pid not in out:
+            if pid not in out and (skip is None or skip.get(pid) != ticks):
                 out[pid] = ticks
                 todo.append(pid)
     return out
@@ -100,6 +105,8 @@ class ProcessGuard:
         self.driver = (os.getpid(), me[1] if me else 0)
         self.seen: dict[int, int] = {}
         self.cmds: dict[int, str] = {}
+        # Already running when the run began: not the run's, nor anything they start later.
+        self.before = descendants(os.getpid())
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="fl-sim-process-guard", daemon=True)
@@ -110,7 +117,7 @@ class ProcessGuard:
 
     def scan(self) -> None:
         with self._lock:
-            new = {p: t for p, t in descendants(os.getpid()).items() if self.seen.get(p) != t}
+            new = {p: t for p, t in descendants(os.getpid(), self.before).items() if self.seen.get(p) != t}
             if not new:
                 return
             self.seen.update(new)
