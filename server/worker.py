@@ -208,6 +208,7 @@ def connect_worker_ray(address: str) -> bool:
     and ``ray://`` addresses cannot be compared and are taken as meant). In the Deployment Engine the ServerApp's
     process has no Ray: it connects to ``address``, or starts a private local Ray when the address is empty.
     """
+    from fl_sim.core.loopback import ray_on_loopback
     from fl_sim.core.preflight import check_ray_address
 
     if ray.is_initialized():
@@ -220,10 +221,12 @@ def connect_worker_ray(address: str) -> bool:
                                   "(set simulation.ray_address, or leave attack.ray_address empty)")
         return False
     quiet = {"logging_level": "error", "log_to_driver": False}
-    if not address:
-        ray.init(include_dashboard=False, **quiet)
+    if not address:  # a private Ray for this process, on the loopback only
+        ray_on_loopback()
+        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", **quiet)
         return True
     check_ray_address(address, "attack.ray_address")
+    ray_on_loopback(address)  # a cluster on 127.0.0.1: this driver is at 127.0.0.1 too
     try:
         ray.init(address=address, runtime_env=ray_env(), **quiet)
     except Exception as exc:  # noqa: BLE001 - Ray's refusals (no cluster for auto, a version mismatch): one line

@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -27,8 +28,9 @@ from fl_sim.core.store import RunStore
 from fl_sim.federation import run_federation
 from fl_sim.federation.processes import _stat, descendants, same_process, stop_processes
 from tests.conftest import REPO, make_face_folder
+from tests.loopback import listening_hosts, on_loopback
 
-RAY = REPO / ".venv" / "bin" / "ray"
+LOOPBACK_RAY = REPO / "tests" / "loopback.py"
 TINY = ["data.image_size=16", "data.photos_per_user=4", "data.holdout_per_user=2", "model.width=4"]
 
 
@@ -65,9 +67,11 @@ def _free_port() -> int:
 
 
 def _ray_start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    # A multi-node cluster needs Ray's cluster mode, which a simulation in this process may have turned off.
+    # A node that joins needs Ray's cluster mode, which a simulation in this process may have turned off; the
+    # launcher keeps the node address 127.0.0.1 as given (tests/loopback.py), so every node listens there only.
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS")}
-    proc = subprocess.Popen([str(RAY), "start", "--block", "--disable-usage-stats", *args], env=env,
+    proc = subprocess.Popen([sys.executable, str(LOOPBACK_RAY), "start", "--block", "--disable-usage-stats", *args],
+                            env=env,
                             stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 60
     while "Ray runtime started" not in log.read_text(errors="replace"):
@@ -90,6 +94,8 @@ def cluster() -> Iterator[Cluster]:
         c.starts.append(_ray_start(["--address", c.address, "--node-ip-address", "127.0.0.1", "--num-cpus", "0",
                                     "--resources", json.dumps({"attack_worker": 1}), "--temp-dir", tmp],
                                    Path(tmp) / "node.log"))
+        hosts = listening_hosts(set(c.processes()))
+        assert hosts and all(on_loopback(h) for h in hosts), f"the test cluster listens beyond the loopback: {hosts}"
         yield c
     finally:
         procs = c.processes()

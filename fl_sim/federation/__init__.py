@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fl_sim.core.loopback import ray_on_loopback
 from fl_sim.core.config import RunConfig, to_dict, to_toml
 from fl_sim.core.preflight import check_ray_address, check_resources
 from fl_sim.core.data import UserRecord, choose_users, open_dataset
@@ -110,23 +111,6 @@ def quiet_flower() -> None:
     logging.getLogger("flwr").setLevel(logging.ERROR)
 
 
-def ray_on_loopback() -> bool:
-    """Make the Ray that a simulation starts bind 127.0.0.1 only (GCS, raylet, agents, workers, driver).
-
-    Ray replaces a node address of 127.0.0.1 by the machine's address unless its "cluster" mode is
-    off (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read when ray is imported, hence also the constant);
-    with the loopback node address, Ray's gRPC servers listen on 127.0.0.1 instead of 0.0.0.0.
-    ``RAY_ADDRESS`` set: the user attaches to a cluster on purpose, and nothing is changed.
-    """
-    if os.environ.get("RAY_ADDRESS"):
-        return False
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    constants = sys.modules.get("ray._private.ray_constants")
-    if constants is not None:
-        constants.ENABLE_RAY_CLUSTER = False  # type: ignore[attr-defined]
-    return True
-
-
 def backend_config(cfg: RunConfig) -> dict[str, Any]:
     """Flower's Ray backend settings; its ``init_args`` go to ``ray.init``. Attached to a cluster
     (``simulation.ray_address``), only the address and the log settings: Ray refuses node settings
@@ -165,6 +149,7 @@ def attach_ray(cfg: RunConfig) -> None:
     if ray.is_initialized():
         return
     check_ray_address(address, "simulation.ray_address")
+    ray_on_loopback(address)  # a cluster on 127.0.0.1: this driver is at 127.0.0.1 too
     init = backend_config(cfg)["init_args"]
     try:
         ray.init(runtime_env=ray_env(), **init)

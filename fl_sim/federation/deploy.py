@@ -93,7 +93,7 @@ class Deployment:
         self.logs = self.run_dir / "deploy"
         self.logs.mkdir(exist_ok=True)
         self.env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-                    # Ray binds the loopback only (see fl_sim.federation.ray_on_loopback).
+                    # Ray binds the loopback only (see fl_sim.core.loopback).
                     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
                     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0", "RAY_USAGE_STATS_ENABLED": "0",
                     "PYTHONUNBUFFERED": "1",
