@@ -118,7 +118,8 @@ def test_a_failing_app_run_fails_with_its_reason(face_folder: Path, tmp_path: Pa
         return ids, run_id, run_dir
 
     monkeypatch.setattr(dep, "init_run", init_then_break)
+    monkeypatch.chdir(tmp_path)  # a relative runs folder, as the CLI's default: the processes run elsewhere
     cfg = load_config(None, [f"data.dataset=folder:{face_folder}", *TINY, "rounds=1", "attack.enabled=false"])
-    res = deploy(cfg, tmp_path / "runs", mode="sim", say=lambda s: None)
+    res = deploy(cfg, Path("runs"), mode="sim", say=lambda s: None)
     assert res.status == "failed"
     assert "rounds" in (res.error or ""), res.error

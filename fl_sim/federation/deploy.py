@@ -90,6 +90,7 @@ class Deployment:
     ray_temp: Path | None = None
 
     def __post_init__(self) -> None:
+        self.run_dir = self.run_dir.resolve()  # the processes run elsewhere (cwd, the ServerApp's own)
         self.logs = self.run_dir / "deploy"
         self.logs.mkdir(exist_ok=True)
         self.env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
