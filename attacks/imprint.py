@@ -27,7 +27,8 @@ def measurement_vector(shape: Shape, kind: str = "random", seed: int = 0) -> tor
         m = torch.randn(d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     else:
         raise ValueError(f"unknown measurement {kind!r} (known: random, mean)")
-    return m / m.norm()
+    unit: torch.Tensor = m / m.norm()
+    return unit
 
 
 def bin_thresholds(public: torch.Tensor, measurement: torch.Tensor, bins: int) -> torch.Tensor:
@@ -108,6 +109,7 @@ class ImprintBlock(nn.Module):
                 self.imprint.weight.copy_(weight)
             if bias is not None:
                 self.imprint.bias.copy_(bias)
+        self.readout: torch.Tensor
         self.register_buffer("readout", torch.full((d,), float(scale)))
         self.offset = offset
 
