@@ -18,7 +18,7 @@ def measurement_vector(shape: Shape, kind: str = "random", seed: int = 0) -> tor
     Random is the default because the client's batch here is one person's photos: their mean brightness
     is nearly constant (same face, same lighting), so a brightness ladder drops most of them into a few
     bins, while a random direction also sees pose, background and expression (on the embedded faces, one
-    user's 32 photos: 48 % alone in a bin with brightness, 55–60 % with random directions, at 4 bins per photo).
+    user's 32 photos: 48 % alone in a bin with brightness, 50–60 % with random directions, at 4 bins per photo).
     """
     d = math.prod(shape)
     if kind == "mean":
