@@ -66,3 +66,71 @@ def test_inconsistency_aggregate_is_the_targets_update(name: str, protocol: str,
     w = examples["user01"] / sum(examples.values())
     for k in exact:
         np.testing.assert_allclose(nxt[k], global_state[k] - w * truth[k], rtol=0, atol=2e-6, err_msg=k)
+
+
+TINY = ["data.image_size=16", "data.photos_per_user=4", "data.holdout_per_user=2", "model.width=4"]
+
+
+def test_a_federation_under_inconsistency_attacks_the_recovered_update(tmp_path: Path) -> None:
+    from fl_sim.core.config import load_config
+    from fl_sim.core.store import RunStore
+    from fl_sim.federation import run_federation
+    from tests.conftest import make_face_folder
+
+    data = make_face_folder(tmp_path / "faces", users=3, photos=6)
+    cfg = load_config(None, [f"data.dataset=folder:{data}", "users=3", "rounds=2", "protocol=fedsgd", *TINY,
+                             "attack.methods=ig", "attack.iterations=3", "attack.rounds=2",
+                             "adversary.mode=malicious", "adversary.tactic=inconsistency", "adversary.users=user01",
+                             "adversary.rounds=1"])
+    res = run_federation(cfg, tmp_path / "runs")
+    assert res.status == "finished", res.error
+    st = RunStore(res.run_dir / "store.sqlite", readonly=True)
+    rounds, updates, attacks = st.rounds(), st.updates(), st.attacks()
+    st.close()
+    # The store says which tactic ran on whom, in the crafted round only.
+    assert rounds[0]["metrics"]["adversary"] == {"tactic": "inconsistency", "targets": ["user01"],
+                                                 "crafted": ["user00", "user02"], "recovered": ["user01"]}
+    assert "adversary" not in rounds[1]["metrics"]
+    # Round 1: one attack, on the target, run on the update recovered from the aggregate (attack.rounds says 2, but
+    # the tactic's round is attacked: it chose its target). Round 2 (honest): every user's own reply, as before.
+    r1 = [a for a in attacks if a["round"] == 1]
+    assert [(a["user"], a["status"]) for a in r1] == [("user01", "finished")], r1
+    assert r1[0]["metrics"]["source"] == "inconsistency" and r1[0]["metrics"]["inexact_layers"] == ["classifier.bias"]
+    r2 = sorted((a["user"], a["status"], "source" in a["metrics"]) for a in attacks if a["round"] == 2)
+    assert r2 == [(u, "finished", False) for u in ("user00", "user01", "user02")]
+    # The others' updates are against the dead model they got: only the classifier's bias moved.
+    for u in updates:
+        if u["round"] == 1 and u["user"] != "user01":
+            moved = {k for k, v in u["layer_norms"].items() if v > 0}
+            assert moved == {"classifier.bias"}, (u["user"], moved)
+    # The next model is the true one minus the weighted updates: no user's dead parameters leak into it.
+    final = torch.load(res.run_dir / "final_model.pt")
+    assert bool((final["features.7.weight"] != 0).all())
+
+
+@pytest.mark.parametrize("bad,key", [
+    (["adversary.mode=malicious"], "adversary.tactic"),
+    (["adversary.mode=malicious", "adversary.tactic=nosuch"], "adversary.tactic"),
+    (["adversary.tactic=inconsistency"], "adversary.tactic"),
+    (["adversary.mode=evil"], "adversary.mode"),
+    (["adversary.mode=malicious", "adversary.tactic=inconsistency", "adversary.users=user09"], "adversary.users"),
+    (["adversary.mode=malicious", "adversary.tactic=inconsistency", "adversary.users=sample:x"], "adversary.users"),
+    (["adversary.mode=malicious", "adversary.tactic=inconsistency", "adversary.rounds=3"], "adversary.rounds"),
+    (["adversary.mode=malicious", "adversary.tactic=inconsistency", "defenses.secagg.enabled=true",
+      "defenses.secagg.reconstruction_threshold=2"],
+     "adversary.mode"),
+])
+def test_a_bad_adversary_is_one_line_naming_the_key_before_any_run_folder(tmp_path: Path, bad: list[str],
+                                                                          key: str) -> None:
+    from fl_sim.core.config import load_config
+    from fl_sim.core.errors import ConfigError
+    from fl_sim.federation import run_federation
+    from tests.conftest import make_face_folder
+
+    data = make_face_folder(tmp_path / "faces", users=3, photos=6)
+    runs = tmp_path / "runs"
+    with pytest.raises(ConfigError) as err:
+        run_federation(load_config(None, [f"data.dataset=folder:{data}", "users=3", "rounds=2", *TINY, *bad]), runs)
+    line = str(err.value)
+    assert "\n" not in line and f"'{key}'" in line, line
+    assert not runs.exists() or not any(runs.iterdir())
