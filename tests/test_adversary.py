@@ -108,6 +108,31 @@ def test_a_federation_under_inconsistency_attacks_the_recovered_update(tmp_path:
     assert bool((final["features.7.weight"] != 0).all())
 
 
+def test_under_secagg_the_tactic_recovers_the_target_from_the_unmasked_aggregate(tmp_path: Path) -> None:
+    from fl_sim.core.config import load_config
+    from fl_sim.core.store import RunStore
+    from fl_sim.federation import run_federation
+    from tests.conftest import make_face_folder
+
+    data = make_face_folder(tmp_path / "faces", users=3, photos=6)
+    cfg = load_config(None, [f"data.dataset=folder:{data}", "users=3", "rounds=1", "protocol=fedsgd", *TINY,
+                             "defenses.secagg.enabled=true", "defenses.secagg.reconstruction_threshold=2",
+                             "attack.methods=ig", "attack.iterations=3",
+                             "adversary.mode=malicious", "adversary.tactic=inconsistency", "adversary.users=user02"])
+    res = run_federation(cfg, tmp_path / "runs")
+    assert res.status == "finished", res.error
+    st = RunStore(res.run_dir / "store.sqlite", readonly=True)
+    rounds, updates, attacks = st.rounds(), st.updates(), st.attacks()
+    st.close()
+    assert rounds[0]["metrics"]["adversary"]["targets"] == ["user02"]
+    assert all(u["user"] is None for u in updates)  # the server still holds only the aggregate...
+    # ...yet the attack is on user02, from the update the tactic read out of it.
+    assert [(a["user"], a["status"], a["metrics"]["source"]) for a in attacks] == [("user02", "finished",
+                                                                                     "inconsistency")]
+    final = torch.load(res.run_dir / "final_model.pt")
+    assert bool((final["features.7.weight"] != 0).all())
+
+
 @pytest.mark.parametrize("bad,key", [
     (["adversary.mode=malicious"], "adversary.tactic"),
     (["adversary.mode=malicious", "adversary.tactic=nosuch"], "adversary.tactic"),
@@ -116,8 +141,7 @@ def test_a_federation_under_inconsistency_attacks_the_recovered_update(tmp_path:
     (["adversary.mode=malicious", "adversary.tactic=inconsistency", "adversary.users=user09"], "adversary.users"),
     (["adversary.mode=malicious", "adversary.tactic=inconsistency", "adversary.users=sample:x"], "adversary.users"),
     (["adversary.mode=malicious", "adversary.tactic=inconsistency", "adversary.rounds=3"], "adversary.rounds"),
-    (["adversary.mode=malicious", "adversary.tactic=inconsistency", "defenses.secagg.enabled=true",
-      "defenses.secagg.reconstruction_threshold=2"],
+    (["adversary.mode=malicious", "adversary.tactic=inconsistency", "defenses.user_dp.mode=server-fixed"],
      "adversary.mode"),
 ])
 def test_a_bad_adversary_is_one_line_naming_the_key_before_any_run_folder(tmp_path: Path, bad: list[str],

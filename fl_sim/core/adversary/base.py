@@ -135,7 +135,7 @@ def adversary_targets(run: AdversaryRunView, users: list[str]) -> list[str]:
 
 def validate_adversary(run: AdversaryRunView) -> None:
     """Every adversary error before a run folder exists (one line each)."""
-    from fl_sim.core.defenses import aggregate_only, server_wrappers
+    from fl_sim.core.defenses import server_wrappers
 
     a = run.adversary
     if not malicious(run):
@@ -153,9 +153,6 @@ def validate_adversary(run: AdversaryRunView) -> None:
     bad = [r for r in a.rounds if not 1 <= r <= run.rounds]
     if bad:
         raise ConfigError(f"config key 'adversary.rounds': {bad} outside 1..{run.rounds}")
-    if aggregate_only(run) is not None:  # type: ignore[arg-type]
-        raise ConfigError("config key 'adversary.mode': malicious does not run under defenses.secagg yet "
-                          "(the aggregate-only workflow sends one model to every user)")
     if server_wrappers(run):  # type: ignore[arg-type]
         raise ConfigError("config key 'adversary.mode': malicious does not run with server-side user-level DP "
                           "(Flower's DP wrappers clip updates against the global model, not what each user got)")
