@@ -14,6 +14,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
+from fl_sim.core.adversary import ModelFacts, malicious
 from fl_sim.core.config import RunConfig
 from fl_sim.core.defenses import aggregate_only, server_wrappers, user_defenses
 from fl_sim.core.errors import error_line, reason_line
@@ -22,6 +23,7 @@ from fl_sim.core.models import build_model, task_heads
 from fl_sim.core.records import ClientUpdate
 from fl_sim.core.store import RunStore
 from fl_sim.core.utility import HoldoutEvaluator
+from server.adversary import Adversary, recovered_update
 from server.curious import AttackDispatcher, CuriousStrategy
 from server.strategy import RecordingStrategy, SeededFedAvg, update_norms
 from server.worker import check_placement, connect_worker_ray, make_remote_worker
@@ -100,7 +102,8 @@ def serve(grid: Grid, cfg: RunConfig, users: list[str], run_dir: Path,
             store.add_round(rnd, rec["started"], rec["seconds"], rec["n_clients"], rec["train"].get("loss"),
                             ev.get("accuracy"), {"train": rec["train"], "evaluate": ev,
                                                  "per_user_accuracy": rec["per_user_accuracy"],
-                                                 "failed": rec.get("failed", {})})
+                                                 "failed": rec.get("failed", {}),
+                                                 **({"adversary": rec["adversary"]} if "adversary" in rec else {})})
             if progress:
                 progress(rnd, rec)
 
@@ -156,17 +159,27 @@ def _start_attacks(cfg: RunConfig, heads: list[Any], users: list[str], run_dir: 
     return dispatcher, attack_store
 
 
+def _adversary(cfg: RunConfig, users: list[str], model: torch.nn.Module) -> Adversary | None:
+    """The malicious server's tactic for this run (None: an honest-but-curious server)."""
+    if not malicious(cfg):
+        return None
+    return Adversary(cfg, users, ModelFacts(cfg.model.name, tuple(n for n, _ in model.named_parameters())))
+
+
 def _serve_messages(grid: Grid, cfg: RunConfig, users: list[str], model: torch.nn.Module,
                     user_of_node: dict[int, str], dispatcher: AttackDispatcher | None, on_update: Any, on_round: Any,
                     wrap: Callable[[Strategy], Strategy] | None,
                     defenses: dict[str, dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Rounds on Flower's Message API strategy (FedAvg), optionally inside the defenses' wrappers (user-level DP)."""
     harness = cfg.utility_eval == "harness"
+    adversary = _adversary(cfg, users, model)
     inner = SeededFedAvg(node_of_user={u: n for n, u in user_of_node.items()}, sample=cfg.round_users,
-                         min_train_nodes=1, min_evaluate_nodes=0 if harness else 1,
-                         min_available_nodes=len(users), fraction_evaluate=0.0 if harness else 1.0)
+                         craft=adversary.craft if adversary is not None else None, min_train_nodes=1,
+                         min_evaluate_nodes=0 if harness else 1, min_available_nodes=len(users),
+                         fraction_evaluate=0.0 if harness else 1.0)
     utility = HoldoutEvaluator(cfg, users) if harness else None
-    hooks = {"user_of_node": user_of_node, "on_update": on_update, "on_round": on_round, "defenses": defenses}
+    hooks = {"user_of_node": user_of_node, "on_update": on_update, "on_round": on_round, "defenses": defenses,
+             "adversary": adversary}
     if dispatcher is not None:
         strategy: RecordingStrategy = CuriousStrategy(inner, dispatcher=dispatcher, **hooks)
     else:
@@ -193,16 +206,21 @@ def _serve_secagg(grid: Grid, context: Context | None, cfg: RunConfig, users: li
     if context is None:
         raise RuntimeError("SecAgg+ needs the ServerApp's Flower context")
     shared = {defense: next(iter(defenses.values()), {}).get(defense, {})}
+    adversary = _adversary(cfg, users, model)
 
     def on_aggregate(before: dict[str, np.ndarray], agg: ClientUpdate) -> None:
         norm, per_layer = update_norms(before, {k: np.asarray(v) for k, v in agg.arrays.items()})
         store.add_client_update(agg, node_id=0, protocol=cfg.protocol, update_norm=norm, layer_norms=per_layer,
                                 defenses=shared)
-        if dispatcher is not None:
+        if dispatcher is not None and adversary is not None and adversary.sent_in(agg.round):
+            for rec in adversary.recovered(agg.round):  # a crafted round: the target's update, from the aggregate
+                dispatcher.observe_round(agg.round, rec.weights, [recovered_update(rec, None, agg.round, cfg)],
+                                         notes=adversary.notes(rec))
+        elif dispatcher is not None:
             dispatcher.observe_round(agg.round, before, [agg], aggregate_size=int(agg.aggregate_size or 1))
 
     state = {k: v.numpy() for k, v in model.state_dict().items()}
     strategy = AggregateOnlyFedAvg(cfg, list(state), state, user_of_node=user_of_node, on_aggregate=on_aggregate,
-                                   on_round=on_round, utility=HoldoutEvaluator(cfg, users))
+                                   on_round=on_round, utility=HoldoutEvaluator(cfg, users), adversary=adversary)
     run_secagg(grid, context, cfg, strategy)
     return {k: torch.from_numpy(v.copy()) for k, v in strategy.final.items()}

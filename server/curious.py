@@ -20,6 +20,7 @@ from fl_sim.core.defenses import shared_record
 from fl_sim.core.models import Head
 from fl_sim.core.records import AttackResult, ClientUpdate
 from fl_sim.core.store import RunStore
+from server.adversary import recovered_update
 from server.observe import RoundReplies
 from server.strategy import RecordingStrategy
 from server.worker import AttackJob, AttackOutcome
@@ -147,8 +148,8 @@ class AttackDispatcher:
                 if item is _STOP:
                     return
                 if item is not None:
-                    rnd, global_state, replies, aggregate_size, dropped = item
-                    if not self._dispatch(rnd, global_state, replies, aggregate_size, dropped) and not dropped:
+                    rnd, global_state, replies, aggregate_size, dropped, notes = item
+                    if not self._dispatch(rnd, global_state, replies, aggregate_size, dropped, notes) and not dropped:
                         self._release(1)  # nothing to attack in this round after all
                 self._release(self.collect(0.0))
         except BaseException as exc:  # noqa: BLE001 - surfaced by drain(); the federation must not hang
@@ -162,10 +163,13 @@ class AttackDispatcher:
                 self._cond.notify_all()
 
     def observe_round(self, rnd: int, global_state: dict[str, Any], replies: list[ClientUpdate],
-                      aggregate_size: int = 1) -> None:
+                      aggregate_size: int = 1, notes: dict[str, Any] | None = None) -> None:
         """Hand this round's replies to the pump (started on first use). Blocks only when the queue
-        is full and ``when_full`` is ``wait``; with ``drop`` the round's attacks are recorded dropped."""
-        if not self.cfg.attacked_round(rnd):
+        is full and ``when_full`` is ``wait``; with ``drop`` the round's attacks are recorded dropped.
+
+        ``notes``: updates a malicious server's tactic recovered (every one attacked, in any round, whatever
+        ``attack.rounds``/``attack.users`` say: the tactic chose them), and what each attack records about that."""
+        if notes is None and not self.cfg.attacked_round(rnd):
             return
         if self._thread is None:
             self.start()
@@ -176,14 +180,14 @@ class AttackDispatcher:
             dropped = self._in_flight >= a.queue_size
             if not dropped:
                 self._in_flight += 1
-        self._inbox.put((rnd, global_state, replies, aggregate_size, dropped))
+        self._inbox.put((rnd, global_state, replies, aggregate_size, dropped, notes))
 
     # -- the work --------------------------------------------------------------------------
     def _dispatch(self, rnd: int, global_state: dict[str, Any], replies: list[ClientUpdate],
-                  aggregate_size: int, dropped: bool) -> bool:
+                  aggregate_size: int, dropped: bool, notes: dict[str, Any] | None = None) -> bool:
         """Make the round's job and submit it (or record it dropped); False if nobody was chosen."""
         a = self.cfg.attack
-        chosen = set(self.cfg.attacked_users(self.users)) if aggregate_size == 1 else None
+        chosen = set(self.cfg.attacked_users(self.users)) if aggregate_size == 1 and notes is None else None
         picked = [u for u in replies if chosen is None or u.user in chosen]
         # An update that carries nothing is recorded as such, never attacked and scored as if it did.
         silent = [(u, why) for u in picked if (why := no_signal(global_state, u)) is not None]
@@ -215,7 +219,7 @@ class AttackDispatcher:
                         prior=a.prior,
                         dataset=self.cfg.data.dataset, image_size=self.cfg.data.image_size,
                         photos_per_user=self.cfg.data.photos_per_user, run_users=list(self.users),
-                        run_dir=str(self.run_dir))
+                        run_dir=str(self.run_dir), notes=dict(notes or {}))
         self.submit(job, ids)
         return True
 
@@ -338,6 +342,15 @@ class CuriousStrategy(RecordingStrategy):
         # noise per batch position, so the same user must sit at the same position for the same seed to
         # give the same reconstruction.
         ok = list(self._updates)
+        recovered = self.adversary.recovered(server_round) if self.adversary is not None else []
+        if self.adversary is not None and self.adversary.sent_in(server_round):
+            # A crafted round: the attacks run on what the tactic recovered from the aggregate (with the weights it
+            # names), never on the individual replies (their users trained on crafted models).
+            reply_of = {u.user: u for u in ok}
+            for rec in recovered:
+                update = recovered_update(rec, reply_of.get(rec.user), server_round, self.dispatcher.cfg)
+                self.dispatcher.observe_round(server_round, rec.weights, [update], notes=self.adversary.notes(rec))
+            return result
         self.dispatcher.observe_round(server_round, self._global, ok)
         return result
 

@@ -16,6 +16,7 @@ from fl_sim.core.config import RunConfig
 from fl_sim.core.defenses import aggregate_only
 from fl_sim.core.flwr_records import read_fitres
 from fl_sim.core.records import ClientUpdate
+from server.adversary import Adversary
 
 
 class AggregateOnlyFedAvg(LegacyFedAvg):
@@ -30,13 +31,16 @@ class AggregateOnlyFedAvg(LegacyFedAvg):
                  user_of_node: dict[int, str],
                  on_aggregate: Callable[[dict[str, np.ndarray], ClientUpdate], None],
                  on_round: Callable[[int, dict[str, Any]], None],
-                 utility: Callable[[dict[str, torch.Tensor]], dict[str, Any]]) -> None:
+                 utility: Callable[[dict[str, torch.Tensor]], dict[str, Any]],
+                 adversary: Adversary | None = None) -> None:
+        """``adversary``: a malicious server's (crafted FitIns per client; recovery from the unmasked aggregate)."""
         super().__init__(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=1, min_evaluate_clients=0,
                          min_available_clients=len(user_of_node),
                          initial_parameters=ndarrays_to_parameters([initial[k] for k in keys]))
         self.cfg, self.keys = cfg, keys
         self.user_of_node = user_of_node
         self.on_aggregate, self.on_round_hook, self.utility = on_aggregate, on_round, utility
+        self.adversary = adversary
         self.final: dict[str, np.ndarray] = dict(initial)
         self._global: dict[str, np.ndarray] = dict(initial)
         self._started = 0.0
@@ -49,8 +53,15 @@ class AggregateOnlyFedAvg(LegacyFedAvg):
         proxies = {int(p.node_id): p for p in client_manager.all().values()}
         wanted = set(self.cfg.round_users(list(self.user_of_node.values()), server_round))
         chosen = [p for nid, p in sorted(proxies.items()) if self.user_of_node.get(nid) in wanted]
-        ins = FitIns(parameters, {"server-round": server_round, "lr": self.cfg.lr})
-        return [(p, ins) for p in chosen]
+        config = {"server-round": server_round, "lr": self.cfg.lr}
+        ins = FitIns(parameters, config)
+        users = [self.user_of_node[int(p.node_id)] for p in chosen]
+        crafted = self.adversary.craft(server_round, self._global, users) if self.adversary is not None else None
+        if not crafted:
+            return [(p, ins) for p in chosen]
+        # A crafted round: each client its own parameters (SecAgg+ masks what comes back, not what goes out).
+        own = {id(st): FitIns(ndarrays_to_parameters([st[k] for k in self.keys]), config) for st in crafted.values()}
+        return [(p, own[id(crafted[u])]) for p, u in zip(chosen, users)]
 
     def aggregate_fit(self, server_round: int, results: list[Any], failures: list[Any]) -> tuple[Parameters | None,
                                                                                               dict[str, Any]]:
@@ -60,6 +71,12 @@ class AggregateOnlyFedAvg(LegacyFedAvg):
         if params is None:
             raise RuntimeError(f"SecAgg+ round {server_round} produced no aggregate")
         agg = dict(zip(self.keys, parameters_to_ndarrays(params), strict=True))
+        if self.adversary is not None and self.adversary.sent_in(server_round):
+            # The unmasked aggregate and what was sent: all the tactic gets. The FedAvg weights are the examples
+            # each client declared (SecAgg+ weighs by them).
+            examples = {self.user_of_node[int(p.node_id)]: int(r.num_examples) for p, r in results}
+            nxt = self.adversary.close_round(server_round, self._global, examples, agg)
+            params = ndarrays_to_parameters([np.asarray(nxt[k]) for k in self.keys])
         # Only what an aggregate tells: the count of users and examples, and the shared local schedule.
         fit = [read_fitres(r, round=server_round) for _, r in results]
         update = ClientUpdate(user=None, round=server_round, arrays=agg, aggregate_size=len(fit),
@@ -77,9 +94,11 @@ class AggregateOnlyFedAvg(LegacyFedAvg):
         state = {k: torch.from_numpy(a.copy()) for k, a in zip(self.keys, parameters_to_ndarrays(parameters),
                                                                 strict=True)}
         ev = self.utility(state)
-        self.on_round_hook(server_round, {"started": self._started, "seconds": time.time() - self._started,
-                                          "n_clients": self._n, "train": self._train, "evaluate": ev["metrics"],
-                                          "per_user_accuracy": ev["per_user_accuracy"]})
+        rec = {"started": self._started, "seconds": time.time() - self._started, "n_clients": self._n,
+               "train": self._train, "evaluate": ev["metrics"], "per_user_accuracy": ev["per_user_accuracy"]}
+        if self.adversary is not None and (note := self.adversary.note(server_round)) is not None:
+            rec["adversary"] = note
+        self.on_round_hook(server_round, rec)
         return float(ev["metrics"].get("loss", 0.0)), {}
 
 

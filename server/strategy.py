@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
@@ -15,6 +15,11 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 from fl_sim.core.errors import reason_line
 from fl_sim.core.flwr_records import read_evaluation, read_update
 from fl_sim.core.records import ClientUpdate
+from server.adversary import Adversary
+
+State = dict[str, np.ndarray]
+# A malicious server's crafting: (round, global model, the round's users) -> what each user gets (None: honest).
+Craft = Callable[[int, State, list[str]], "dict[str, State] | None"]
 
 
 # Flower's error codes for a reply that never came because its node went away (SuperNode killed,
@@ -30,17 +35,31 @@ class SeededFedAvg(FedAvg):
     """
 
     def __init__(self, *, node_of_user: dict[str, int], sample: Callable[[list[str], int], list[str]],
-                 **kwargs: Any) -> None:
+                 craft: Craft | None = None, **kwargs: Any) -> None:
+        """``craft``: a malicious server's per-user parameters (``server.adversary.Adversary.craft``)."""
         super().__init__(**kwargs)
         self.node_of_user = node_of_user
         self.sample = sample
+        self.craft = craft
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         config["server-round"] = server_round
-        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        nodes = [self.node_of_user[u] for u in self.sample(list(self.node_of_user), server_round)]
-        return self._construct_messages(record, nodes, MessageType.TRAIN)
+        users = self.sample(list(self.node_of_user), server_round)
+        crafted = self.craft(server_round, {k: v.numpy() for k, v in arrays.items()}, users) if self.craft else None
+        if not crafted:
+            record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+            return self._construct_messages(record, [self.node_of_user[u] for u in users], MessageType.TRAIN)
+        # A crafted round: each node gets its own parameters (one record per distinct state).
+        records: dict[int, RecordDict] = {}
+        messages: list[Message] = []
+        for u in users:
+            state = crafted[u]
+            if id(state) not in records:
+                own = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.items()})
+                records[id(state)] = RecordDict({self.arrayrecord_key: own, self.configrecord_key: config})
+            messages += self._construct_messages(records[id(state)], [self.node_of_user[u]], MessageType.TRAIN)
+        return messages
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
@@ -69,9 +88,11 @@ class RecordingStrategy(Strategy):
     def __init__(self, inner: Strategy, *, user_of_node: dict[int, str],
                  on_update: Callable[[int, dict[str, np.ndarray], ClientUpdate], None],
                  on_round: Callable[[int, dict[str, Any]], None],
-                 defenses: Mapping[str, Mapping[str, Any]] | None = None) -> None:
-        """``defenses``: each user's defense record (the names go into their updates)."""
+                 defenses: Mapping[str, Mapping[str, Any]] | None = None, adversary: Adversary | None = None) -> None:
+        """``defenses``: each user's defense record (the names go into their updates). ``adversary``: a malicious
+        server's (its crafted rounds: updates against what each user got, the next model repaired)."""
         self.inner = inner
+        self.adversary = adversary
         self.user_of_node = user_of_node
         self.on_update = on_update
         self.on_round = on_round
@@ -123,14 +144,22 @@ class RecordingStrategy(Strategy):
         # aggregate bit-for-bit the same from run to run (float addition is not associative).
         replies.sort(key=lambda m: str(self.user_of_node.get(m.metadata.src_node_id, m.metadata.src_node_id)))
         self._updates = []
+        sent = self.adversary.sent_in(server_round) if self.adversary is not None else {}
         for msg in replies:
             node = msg.metadata.src_node_id
             user = self.user_of_node.get(node)
             update = read_update(msg.content, user=user, round=server_round,
                                  defenses=tuple(self.defenses.get(user or "", {})))
             self._updates.append(update)
-            self.on_update(node, self._global, update)
+            # An update is against what that user was sent (a crafted round's own model), not the global one.
+            self.on_update(node, sent.get(user or "", self._global), update)
         arrays, metrics = self.inner.aggregate_train(server_round, replies)
+        if sent and arrays is not None and self.adversary is not None:
+            # Only the aggregate (what SecAgg+ would give) and what was sent reach the tactic.
+            examples = {str(u.user): u.num_examples for u in self._updates}
+            nxt = self.adversary.close_round(server_round, self._global, examples,
+                                             {k: v.numpy() for k, v in arrays.items()})
+            arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in nxt.items()})
         self._train_metrics = dict(metrics) if metrics is not None else {}
         self._n_clients = len(replies)
         return arrays, metrics
@@ -154,9 +183,10 @@ class RecordingStrategy(Strategy):
         """Close a round (called from the strategy's evaluate_fn, after all its phases):
         ``utility`` from the harness, or the federated evaluation just aggregated."""
         ev = utility if utility is not None else self._eval
-        self.on_round(server_round, {
-            "started": self._round_start, "seconds": time.time() - self._round_start,
-            "n_clients": self._n_clients, "train": self._train_metrics,
-            "evaluate": ev["metrics"], "per_user_accuracy": ev["per_user_accuracy"], "failed": dict(self._failed),
-        })
+        rec = {"started": self._round_start, "seconds": time.time() - self._round_start,
+               "n_clients": self._n_clients, "train": self._train_metrics,
+               "evaluate": ev["metrics"], "per_user_accuracy": ev["per_user_accuracy"], "failed": dict(self._failed)}
+        if self.adversary is not None and (note := self.adversary.note(server_round)) is not None:
+            rec["adversary"] = note
+        self.on_round(server_round, rec)
         self._failed = {}

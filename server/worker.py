@@ -41,6 +41,7 @@ class AttackJob:
     run_users: list[str]  # re-identification ranks among all of them
     run_dir: str
     fail_with: str | None = None  # test hook: raise this inside the job
+    notes: dict[str, Any] = field(default_factory=dict)  # recorded with every result's metrics (e.g. source)
 
 
 @dataclass
@@ -167,7 +168,7 @@ class AttackWorker:
                 Image.fromarray(to_uint8_hwc(r.image[None])[0]).save(img_dir / name)
                 rows.append(AttackResult(t, method, "finished", image=f"attacks/{name}",
                                          metrics={**s, "labels": r.labels, "seconds": r.seconds,
-                                                  "final_loss": r.final_loss}))
+                                                  "final_loss": r.final_loss, **job.notes}))
         return rows
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias, get_type_hints
 
+from fl_sim.core.adversary import AdversaryConfig, validate_adversary
 from fl_sim.core.defenses import apply_implied, validate_defenses
 from fl_sim.core.defenses import sections as defense_sections
 from fl_sim.core.errors import ConfigError
@@ -183,6 +184,7 @@ class RunConfig:
     simulation: SimulationConfig = field(default_factory=SimulationConfig, metadata=doc("simulation engine"))
     attack: AttackPolicyConfig = field(default_factory=AttackPolicyConfig, metadata=doc("curious server"))
     defenses: DefensesConfig = field(default_factory=_new_defenses, metadata=doc("client defenses"))
+    adversary: AdversaryConfig = field(default_factory=AdversaryConfig, metadata=doc("malicious server"))
 
     def clients_in_round(self) -> int:
         """How many clients each round samples."""
@@ -375,6 +377,7 @@ def validate(cfg: RunConfig) -> None:
     if cfg.clients_in_round() > cfg.users:
         raise ConfigError(f"config key 'clients_per_round': {cfg.clients_in_round()} clients per round but only {cfg.users} users")
     validate_defenses(cfg)
+    validate_adversary(cfg)
     check_attack_prior(cfg.attack)
     check_model(cfg.model, cfg.data.image_size, cfg.seed)
 

@@ -21,11 +21,13 @@ class PartInfo:
 def _core_registries() -> list[Registry[object]]:
     """The ground floor's registries, the defenses' included wherever that module keeps them."""
     import fl_sim.core.defenses as defenses
+    from fl_sim.core.adversary import TACTICS
     from fl_sim.core.data import DATASETS
     from fl_sim.core.models import MODELS
 
     found: list[Registry[object]] = [DATASETS, MODELS]  # type: ignore[list-item]
     found += [v for v in vars(defenses).values() if isinstance(v, Registry) and v not in found]
+    found.append(TACTICS)  # type: ignore[arg-type]
     return found
 
 

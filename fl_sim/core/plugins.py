@@ -22,8 +22,8 @@ T = TypeVar("T")
 ENV = "FL_SIM_PLUGINS"  # comma-separated plugin references every process of a run imports on demand
 ENTRY_POINT_GROUP = "fl_sim.plugins"
 # fl-sim's own parts, imported (by name: they import this module) before any plugin, so they count as built-in
-BUILTIN_MODULES = ("fl_sim.core.data", "fl_sim.core.models", "fl_sim.core.defenses", "fl_sim.core.priors",
-                   "attacks.methods")
+BUILTIN_MODULES = ("fl_sim.core.data", "fl_sim.core.models", "fl_sim.core.defenses", "fl_sim.core.adversary",
+                   "fl_sim.core.priors", "attacks.methods")
 
 _loaded: dict[str, ModuleType] = {}  # reference (as resolved) -> its module
 _entry_points_done = False

@@ -47,11 +47,13 @@ def prepare_users(cfg: RunConfig) -> list[UserRecord]:
                          need=max(d.min_photos_per_user, d.photos_per_user + d.holdout_per_user))
     dataset.check([u.user for u in users])  # every photo the run will read decodes: a bad file named now, not in Ray
     cfg.task = resolve_task(cfg, users)
+    from fl_sim.core.adversary import adversary_targets
     from fl_sim.core.defenses import user_defenses
 
     names = [u.user for u in users]
     cfg.attacked_users(names)  # named attack targets must be run users (init_run checks again: API callers)
     user_defenses(cfg, names)  # likewise users named by a defense
+    adversary_targets(cfg, names)  # and the malicious server's targets
     return users
 
 
@@ -160,11 +162,13 @@ def attach_ray(cfg: RunConfig) -> None:
 
 def init_run(cfg: RunConfig, runs_dir: Path) -> tuple[list[str], str, Path]:
     """Validate the users, then create the run folder, its store and config snapshot."""
+    from fl_sim.core.adversary import adversary_targets
     from fl_sim.core.defenses import user_defenses
 
     users = prepare_users(cfg)
     cfg.attacked_users([u.user for u in users])  # named attack targets must exist: fail before the folder
     defenses = user_defenses(cfg, [u.user for u in users])  # likewise users named by a defense
+    adversary_targets(cfg, [u.user for u in users])
     run_id, run_dir = new_run_dir(runs_dir)
     store = RunStore(run_dir / "store.sqlite")
     try:
