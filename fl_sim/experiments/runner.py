@@ -29,6 +29,11 @@ def banner(cfg: RunConfig, asked_task: str) -> list[str]:
         lines.append(f"task=auto: {cfg.task} ({why}; set task= to choose)")
     lines.append(f"federation: {cfg.users} users, {cfg.rounds} rounds, {cfg.protocol}, task {cfg.task}, "
                  f"model {cfg.model.name}, data {cfg.data.dataset} @ {cfg.data.image_size}px")
+    adv = cfg.adversary
+    if adv.mode == "malicious":
+        when = ", ".join(map(str, adv.rounds)) if adv.rounds else "every round"
+        lines.append(f"malicious server: tactic {adv.tactic} on users {adv.users} in {when} "
+                     "(clients are sent crafted parameters)")
     if cfg.attack.enabled:
         attacked = [r for r in range(1, cfg.rounds + 1) if cfg.attacked_round(r)]
         lines.append(f"curious server: {', '.join(cfg.attack.methods)} on users {cfg.attack.users} in rounds "
