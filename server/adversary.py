@@ -24,6 +24,7 @@ class Adversary:
     def __init__(self, cfg: RunConfig, users: list[str], model: ModelFacts) -> None:
         self.cfg = cfg
         self.tactic = make_tactic(cfg.adversary.tactic, model)
+        self.tactic.prepare(cfg)
         self.targets = adversary_targets(cfg, users)
         self._rnd = 0
         self._sent: dict[str, State] = {}
@@ -43,6 +44,14 @@ class Adversary:
         self._sent = self.tactic.craft(rnd, global_state, users, present)
         self._round_targets = present
         return self._sent
+
+    def variant(self, rnd: int, user: str) -> str:
+        """The model variant ``user`` is told to build in ``rnd`` ("": the shared model)."""
+        return self.tactic.variant(user, self._round_targets) if rnd == self._rnd and user in self._sent else ""
+
+    def methods(self) -> list[str]:
+        """How the tactic's recovered updates are attacked (empty: the run's attack.methods)."""
+        return list(self.tactic.methods)
 
     def sent_in(self, rnd: int) -> dict[str, State]:
         """What each user was sent in ``rnd`` when it was crafted (empty: the global model for all)."""
