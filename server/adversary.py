@@ -30,6 +30,7 @@ class Adversary:
         self._sent: dict[str, State] = {}
         self._round_targets: list[str] = []
         self._recovered: list[Recovered] = []
+        self._honest: State = {}  # the round's global model, as sent to whoever the tactic left alone
 
     def craft(self, rnd: int, global_state: State, users: list[str]) -> dict[str, State] | None:
         """What each of the round's users gets (None: an honest round, every user gets the global model)."""
@@ -42,6 +43,7 @@ class Adversary:
         if self.tactic.one_target_per_round:
             present = [present[round_index(self.cfg, rnd) % len(present)]]
         self._sent = self.tactic.craft(rnd, global_state, users, present)
+        self._honest = global_state
         self._round_targets = present
         return self._sent
 
@@ -75,7 +77,8 @@ class Adversary:
         if rnd != self._rnd or not self._sent:
             return None
         return {"tactic": self.tactic.name, "targets": list(self._round_targets),
-                "crafted": sorted(u for u in self._sent if u not in self._round_targets),
+                "crafted": sorted(u for u, st in self._sent.items() if u not in self._round_targets
+                                  and st is not self._honest),  # non-targets sent something else than the model
                 "recovered": [r.user for r in self._recovered]}
 
     def notes(self, rec: Recovered) -> dict[str, Any]:
