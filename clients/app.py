@@ -12,7 +12,7 @@ from fl_sim.core.config import RunConfig
 from fl_sim.core.defenses import TrainBatch, user_defenses
 from fl_sim.core.flwr_records import (evaluation_content, fitres_content, read_fitins, server_round, update_content,
                                       user_reply)
-from fl_sim.core.models import build_model, evaluate, task_heads
+from fl_sim.core.models import build_model, evaluate, task_heads, with_variant
 from fl_sim.core.records import ClientUpdate
 from fl_sim.core.userbatch import local_seed, user_batch
 
@@ -46,9 +46,22 @@ def make_client_app(cfg: RunConfig, users: list[str]) -> ClientApp:
                                       cfg.model.norm))
         return models[0]
 
+    variants: dict[str, torch.nn.Module] = {}  # spec -> the variant around the shared model (its modules shared)
+
+    def _variant(msg: Message) -> torch.nn.Module:
+        """The model the instruction describes: the shared one, or the variant its config names (``model-variant``,
+        e.g. a malicious server's imprint block) — an honest client trains whatever it is sent."""
+        conf = msg.content.config_records.get("config")
+        spec = str(conf.get("model-variant", "")) if conf is not None else ""
+        if not spec:
+            return _model()
+        if spec not in variants:
+            variants[spec] = with_variant(_model(), spec, cfg.data.image_size)
+        return variants[spec]
+
     def _setup(msg: Message, context: Context) -> tuple[str, int, torch.nn.Module]:
         pid = int(context.node_config["partition-id"])
-        model = _model()
+        model = _variant(msg)
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
         return users[pid], pid, model
 

@@ -24,11 +24,13 @@ class Adversary:
     def __init__(self, cfg: RunConfig, users: list[str], model: ModelFacts) -> None:
         self.cfg = cfg
         self.tactic = make_tactic(cfg.adversary.tactic, model)
+        self.tactic.prepare(cfg)
         self.targets = adversary_targets(cfg, users)
         self._rnd = 0
         self._sent: dict[str, State] = {}
         self._round_targets: list[str] = []
         self._recovered: list[Recovered] = []
+        self._honest: State = {}  # the round's global model, as sent to whoever the tactic left alone
 
     def craft(self, rnd: int, global_state: State, users: list[str]) -> dict[str, State] | None:
         """What each of the round's users gets (None: an honest round, every user gets the global model)."""
@@ -41,8 +43,17 @@ class Adversary:
         if self.tactic.one_target_per_round:
             present = [present[round_index(self.cfg, rnd) % len(present)]]
         self._sent = self.tactic.craft(rnd, global_state, users, present)
+        self._honest = global_state
         self._round_targets = present
         return self._sent
+
+    def variant(self, rnd: int, user: str) -> str:
+        """The model variant ``user`` is told to build in ``rnd`` ("": the shared model)."""
+        return self.tactic.variant(user, self._round_targets) if rnd == self._rnd and user in self._sent else ""
+
+    def methods(self) -> list[str]:
+        """How the tactic's recovered updates are attacked (empty: the run's attack.methods)."""
+        return list(self.tactic.methods)
 
     def sent_in(self, rnd: int) -> dict[str, State]:
         """What each user was sent in ``rnd`` when it was crafted (empty: the global model for all)."""
@@ -66,7 +77,8 @@ class Adversary:
         if rnd != self._rnd or not self._sent:
             return None
         return {"tactic": self.tactic.name, "targets": list(self._round_targets),
-                "crafted": sorted(u for u in self._sent if u not in self._round_targets),
+                "crafted": sorted(u for u, st in self._sent.items() if u not in self._round_targets
+                                  and st is not self._honest),  # non-targets sent something else than the model
                 "recovered": [r.user for r in self._recovered]}
 
     def notes(self, rec: Recovered) -> dict[str, Any]:

@@ -174,7 +174,8 @@ def _serve_messages(grid: Grid, cfg: RunConfig, users: list[str], model: torch.n
     harness = cfg.utility_eval == "harness"
     adversary = _adversary(cfg, users, model)
     inner = SeededFedAvg(node_of_user={u: n for n, u in user_of_node.items()}, sample=cfg.round_users,
-                         craft=adversary.craft if adversary is not None else None, min_train_nodes=1,
+                         craft=adversary.craft if adversary is not None else None,
+                         variant=adversary.variant if adversary is not None else None, min_train_nodes=1,
                          min_evaluate_nodes=0 if harness else 1, min_available_nodes=len(users),
                          fraction_evaluate=0.0 if harness else 1.0)
     utility = HoldoutEvaluator(cfg, users) if harness else None

@@ -13,7 +13,7 @@ from typing import Any
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
 
-from attacks.methods import method_config
+from attacks.methods import ATTACKS, method_config
 from fl_sim.core.config import RunConfig
 from fl_sim.core.errors import error_line
 from fl_sim.core.defenses import shared_record
@@ -148,8 +148,9 @@ class AttackDispatcher:
                 if item is _STOP:
                     return
                 if item is not None:
-                    rnd, global_state, replies, aggregate_size, dropped, notes = item
-                    if not self._dispatch(rnd, global_state, replies, aggregate_size, dropped, notes) and not dropped:
+                    rnd, global_state, replies, aggregate_size, dropped, notes, methods = item
+                    if not self._dispatch(rnd, global_state, replies, aggregate_size, dropped, notes,
+                                          methods) and not dropped:
                         self._release(1)  # nothing to attack in this round after all
                 self._release(self.collect(0.0))
         except BaseException as exc:  # noqa: BLE001 - surfaced by drain(); the federation must not hang
@@ -163,12 +164,14 @@ class AttackDispatcher:
                 self._cond.notify_all()
 
     def observe_round(self, rnd: int, global_state: dict[str, Any], replies: list[ClientUpdate],
-                      aggregate_size: int = 1, notes: dict[str, Any] | None = None) -> None:
+                      aggregate_size: int = 1, notes: dict[str, Any] | None = None,
+                      methods: list[str] | None = None) -> None:
         """Hand this round's replies to the pump (started on first use). Blocks only when the queue
         is full and ``when_full`` is ``wait``; with ``drop`` the round's attacks are recorded dropped.
 
         ``notes``: updates a malicious server's tactic recovered (every one attacked, in any round, whatever
-        ``attack.rounds``/``attack.users`` say: the tactic chose them), and what each attack records about that."""
+        ``attack.rounds``/``attack.users`` say: the tactic chose them), and what each attack records about that;
+        ``methods``: the tactic's own (e.g. ``imprint``, a read-out run by the worker), else ``attack.methods``."""
         if notes is None and not self.cfg.attacked_round(rnd):
             return
         if self._thread is None:
@@ -180,13 +183,15 @@ class AttackDispatcher:
             dropped = self._in_flight >= a.queue_size
             if not dropped:
                 self._in_flight += 1
-        self._inbox.put((rnd, global_state, replies, aggregate_size, dropped, notes))
+        self._inbox.put((rnd, global_state, replies, aggregate_size, dropped, notes, methods))
 
     # -- the work --------------------------------------------------------------------------
     def _dispatch(self, rnd: int, global_state: dict[str, Any], replies: list[ClientUpdate],
-                  aggregate_size: int, dropped: bool, notes: dict[str, Any] | None = None) -> bool:
+                  aggregate_size: int, dropped: bool, notes: dict[str, Any] | None = None,
+                  methods: list[str] | None = None) -> bool:
         """Make the round's job and submit it (or record it dropped); False if nobody was chosen."""
         a = self.cfg.attack
+        run_methods = list(methods) if methods else list(a.methods)
         chosen = set(self.cfg.attacked_users(self.users)) if aggregate_size == 1 and notes is None else None
         picked = [u for u in replies if chosen is None or u.user in chosen]
         # An update that carries nothing is recorded as such, never attacked and scored as if it did.
@@ -196,14 +201,14 @@ class AttackDispatcher:
                                      "status": NO_SIGNAL, "aggregate_size": aggregate_size,
                                      "defenses": self._defenses_of(u.user if aggregate_size == 1 else None),
                                      "error": why}
-                                    for u, why in silent for meth in a.methods])
+                                    for u, why in silent for meth in run_methods])
             picked = [u for u in picked if all(u is not s[0] for s in silent)]
         if not picked:
             return False
         targets = [u.user if aggregate_size == 1 else None for u in picked]
         # Plain arrays only: the worker builds the observations (the server's round does not wait on that).
         obs = RoundReplies(self.cfg, self.heads, rnd, global_state, picked, targets, aggregate_size)
-        keys = [(t, m) for t in targets for m in a.methods]
+        keys = [(t, m) for t in targets for m in run_methods]
         ids = dict(zip(keys, self.store.add_attacks([{"rnd": rnd, "user": t, "method": m, "status": "queued",
                                                       "aggregate_size": aggregate_size,
                                                       "defenses": self._defenses_of(t)} for t, m in keys])))
@@ -213,9 +218,9 @@ class AttackDispatcher:
             self.store.commit()
             return True
         self._next_id += 1
-        job = AttackJob(job_id=self._next_id, round=rnd, observations=obs, targets=targets, methods=list(a.methods),
+        job = AttackJob(job_id=self._next_id, round=rnd, observations=obs, targets=targets, methods=run_methods,
                         attack_configs={m: method_config(m, iterations=a.iterations, seed=self.cfg.seed)
-                                        for m in a.methods},
+                                        for m in run_methods if m in ATTACKS},
                         prior=a.prior,
                         dataset=self.cfg.data.dataset, image_size=self.cfg.data.image_size,
                         photos_per_user=self.cfg.data.photos_per_user, run_users=list(self.users),
@@ -349,7 +354,8 @@ class CuriousStrategy(RecordingStrategy):
             reply_of = {u.user: u for u in ok}
             for rec in recovered:
                 update = recovered_update(rec, reply_of.get(rec.user), server_round, self.dispatcher.cfg)
-                self.dispatcher.observe_round(server_round, rec.weights, [update], notes=self.adversary.notes(rec))
+                self.dispatcher.observe_round(server_round, rec.weights, [update], notes=self.adversary.notes(rec),
+                                              methods=self.adversary.methods())
             return result
         self.dispatcher.observe_round(server_round, self._global, ok)
         return result

@@ -20,6 +20,9 @@ from server.adversary import Adversary
 State = dict[str, np.ndarray]
 # A malicious server's crafting: (round, global model, the round's users) -> what each user gets (None: honest).
 Craft = Callable[[int, State, list[str]], "dict[str, State] | None"]
+# (round, user) -> the model variant that user is told to build ("": the shared model).
+Variant = Callable[[int, str], str]
+VARIANT = "model-variant"  # the train config's key naming the variant (fl_sim.core.models.with_variant)
 
 
 # Flower's error codes for a reply that never came because its node went away (SuperNode killed,
@@ -35,12 +38,14 @@ class SeededFedAvg(FedAvg):
     """
 
     def __init__(self, *, node_of_user: dict[str, int], sample: Callable[[list[str], int], list[str]],
-                 craft: Craft | None = None, **kwargs: Any) -> None:
-        """``craft``: a malicious server's per-user parameters (``server.adversary.Adversary.craft``)."""
+                 craft: Craft | None = None, variant: Variant | None = None, **kwargs: Any) -> None:
+        """``craft``: a malicious server's per-user parameters (``server.adversary.Adversary.craft``); ``variant``:
+        the architecture each user is told to build for them (``Adversary.variant``)."""
         super().__init__(**kwargs)
         self.node_of_user = node_of_user
         self.sample = sample
         self.craft = craft
+        self.variant = variant
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -50,15 +55,22 @@ class SeededFedAvg(FedAvg):
         if not crafted:
             record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
             return self._construct_messages(record, [self.node_of_user[u] for u in users], MessageType.TRAIN)
-        # A crafted round: each node gets its own parameters (one record per distinct state).
-        records: dict[int, RecordDict] = {}
+        # A crafted round: each node gets its own parameters (one record per distinct state and variant); a
+        # variant's spec travels in the train config, so the honest client builds the architecture the arrays fit.
+        records: dict[tuple[int, str], RecordDict] = {}
         messages: list[Message] = []
         for u in users:
             state = crafted[u]
-            if id(state) not in records:
+            variant = self.variant(server_round, u) if self.variant is not None else ""
+            if (id(state), variant) not in records:
                 own = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.items()})
-                records[id(state)] = RecordDict({self.arrayrecord_key: own, self.configrecord_key: config})
-            messages += self._construct_messages(records[id(state)], [self.node_of_user[u]], MessageType.TRAIN)
+                conf = config
+                if variant:
+                    conf = ConfigRecord(dict(config))
+                    conf[VARIANT] = variant
+                records[(id(state), variant)] = RecordDict({self.arrayrecord_key: own, self.configrecord_key: conf})
+            messages += self._construct_messages(records[(id(state), variant)], [self.node_of_user[u]],
+                                                 MessageType.TRAIN)
         return messages
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -153,12 +165,20 @@ class RecordingStrategy(Strategy):
             self._updates.append(update)
             # An update is against what that user was sent (a crafted round's own model), not the global one.
             self.on_update(node, sent.get(user or "", self._global), update)
+        if sent:
+            # A variant's own arrays (an imprint block) never reach FedAvg: only the shared model's keys are averaged.
+            for msg in replies:
+                for rec in msg.content.array_records.values():
+                    for k in [k for k in rec if k not in self._global]:
+                        del rec[k]
         arrays, metrics = self.inner.aggregate_train(server_round, replies)
         if sent and arrays is not None and self.adversary is not None:
-            # Only the aggregate (what SecAgg+ would give) and what was sent reach the tactic.
+            # The aggregate (what SecAgg+ would give) and what was sent reach the tactic; so do the individual replies
+            # the server holds on this path (a tactic that claims to defeat secure aggregation must not read them).
             examples = {str(u.user): u.num_examples for u in self._updates}
             nxt = self.adversary.close_round(server_round, self._global, examples,
-                                             {k: v.numpy() for k, v in arrays.items()})
+                                             {k: v.numpy() for k, v in arrays.items()},
+                                             replies={str(u.user): u.arrays for u in self._updates})
             arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in nxt.items()})
         self._train_metrics = dict(metrics) if metrics is not None else {}
         self._n_clients = len(replies)

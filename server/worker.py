@@ -8,6 +8,7 @@ call never holds a handle to them.
 from __future__ import annotations
 
 import os
+import time
 import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -42,6 +43,38 @@ class AttackJob:
     run_dir: str
     fail_with: str | None = None  # test hook: raise this inside the job
     notes: dict[str, Any] = field(default_factory=dict)  # recorded with every result's metrics (e.g. source)
+
+
+IMPRINT = "imprint"  # the tactic imprint's read-out: a worker method, not an inversion (attacks.imprint.recover_bins)
+
+
+@dataclass
+class ImprintRead:
+    """One imprint observation's candidates, in bin order (``mixed``: cannot be one photo)."""
+
+    images: torch.Tensor
+    bins: list[int]
+    mixed: list[bool]
+    seconds: float
+
+
+def read_imprints(observations: RoundReplies, image_size: int) -> list[ImprintRead]:
+    """The candidates of each reply's imprint block: its update read as a gradient (before − after)/lr — FedSGD's exact
+    gradient, FedAvg's sum of local steps (attacks.imprint.update_as_gradient). What the server sent and got only."""
+    import numpy as np
+
+    from attacks.imprint import recover_bins, update_as_gradient
+    from fl_sim.core.adversary.imprint import BIAS, WEIGHT
+
+    out = []
+    before = observations.global_state
+    for up in observations.updates:
+        t0 = time.time()
+        grads = [update_as_gradient(torch.as_tensor(np.asarray(before[k])), torch.as_tensor(np.asarray(up.arrays[k])),
+                                    up.lr) for k in (WEIGHT, BIAS)]
+        rec = recover_bins(grads[0], grads[1], shape=(3, image_size, image_size))
+        out.append(ImprintRead(rec.images, rec.bins.tolist(), rec.mixed.tolist(), time.time() - t0))
+    return out
 
 
 @dataclass
@@ -128,9 +161,15 @@ class AttackWorker:
             if job.fail_with:
                 raise RuntimeError(job.fail_with)
             prior = self._prior(job.prior) if "diffusion" in job.methods else None
-            obs = job.observations.observations() if isinstance(job.observations, RoundReplies) else job.observations
             recs: dict[str, list[Any]] = {}
-            for method in job.methods:
+            if IMPRINT in job.methods:
+                if not isinstance(job.observations, RoundReplies):
+                    raise ValueError("the imprint read-out needs the replies' arrays (RoundReplies)")
+                recs[IMPRINT] = read_imprints(job.observations, job.image_size)
+            others = [m for m in job.methods if m != IMPRINT]
+            obs = (job.observations.observations() if isinstance(job.observations, RoundReplies)
+                   else job.observations) if others else []
+            for method in others:
                 cfg = job.attack_configs[method]
                 recs[method] = run_attack(method, obs, prior, replace(cfg, device=self._device))
             out.results = self._score(job, recs)
@@ -160,6 +199,9 @@ class AttackWorker:
         img_dir.mkdir(parents=True, exist_ok=True)
         rows: list[AttackResult] = []
         for method, rs in recs.items():
+            if method == IMPRINT:
+                rows += [self._score_imprint(job, t, r, truth, img_dir) for t, r in zip(job.targets, rs)]
+                continue
             images = torch.stack([r.image for r in rs])
             scores = score(images, job.targets, truth)
             for t, r, s in zip(job.targets, rs, scores):
@@ -170,6 +212,42 @@ class AttackWorker:
                                          metrics={**s, "labels": r.labels, "seconds": r.seconds,
                                                   "final_loss": r.final_loss, **job.notes}))
         return rows
+
+    def _score_imprint(self, job: AttackJob, target: str | None, read: ImprintRead, truth: Any,
+                       img_dir: Path) -> AttackResult:
+        """Per photo (each candidate matched to one true photo) and as a user (re-id of the best and the mean
+        recovery); a PNG of each true photo's matched recovery above the photo."""
+        import numpy as np
+        from PIL import Image
+
+        from fl_sim.core.evaluators.face import to_uint8_hwc
+        from fl_sim.core.scoring import score, score_photos
+
+        if target is None:
+            raise ValueError("an imprint read-out is one user's")
+        metrics, pairs = score_photos(read.images, target, truth, read.mixed)
+        metrics.update(seconds=read.seconds, bins_nonempty=len(read.bins), **job.notes)
+        image = None
+        if pairs:
+            best = max(metrics["photos"], key=lambda e: e["psnr"])
+            clean = [i for i, m in enumerate(read.mixed) if not m] or list(range(len(read.images)))
+            mean = read.images[clean].clamp(-1, 1).mean(0)
+            s_best, s_mean = score(torch.stack([read.images[best["candidate"]].clamp(-1, 1), mean]),
+                                   [target, target], truth)
+            metrics.update({**s_best, "best_recovery_psnr": best["psnr"], "best_recovery_photo": best["photo"]})
+            metrics.update({f"mean_recovery_{k}": v for k, v in s_mean.items()
+                            if k in ("reid_top1", "reid_rank", "face_similarity", "identity_gain")
+                            or k.endswith(("_face_similarity", "_reid_top1"))})
+            photos = truth.photos[target].float()
+            matched = torch.zeros_like(photos)  # grey where no candidate matched that photo
+            for i, j in pairs:
+                matched[j] = read.images[i].clamp(-1, 1)
+            grid = np.concatenate([np.concatenate(list(to_uint8_hwc(row)), axis=1) for row in (matched, photos)],
+                                  axis=0)
+            name = f"r{job.round:03d}_{target}_{IMPRINT}.png"
+            Image.fromarray(grid).save(img_dir / name)
+            image = f"attacks/{name}"
+        return AttackResult(target, IMPRINT, "finished", image=image, metrics=metrics)
 
 
 # How much of ``attack.worker_resource`` the worker asks: the resource marks the node, and many runs' workers may

@@ -185,3 +185,41 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, heads
         counted += k
     out["accuracy"] = correct / counted if counted else float("nan")
     return out
+
+
+class Imprinted(nn.Module):
+    """The shared model behind an imprint block: its state is the shared model's keys plus ``imprint.*``.
+
+    The shared model's modules are this module's own children (the same objects), so loading the received arrays
+    loads the shared model too, and the shared keys keep their names (aggregation never sees a prefix)."""
+
+    def __init__(self, base: nn.Module, block: nn.Module) -> None:
+        super().__init__()
+        self.imprint = block
+        for name, child in base.named_children():
+            self.add_module(name, child)
+        for name, p in base.named_parameters(recurse=False):
+            self.register_parameter(name, p)
+        for name, b in base.named_buffers(recurse=False):
+            self.register_buffer(name, b)
+        object.__setattr__(self, "_base", base)  # not a child: its keys are already this module's
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.__dict__["_base"](self.imprint(x))
+        return out
+
+
+def with_variant(base: nn.Module, spec: str, image_size: int) -> nn.Module:
+    """The model a train instruction's ``model-variant`` describes around ``base`` ("": ``base`` itself).
+
+    ``imprint:<bins>``: an imprint block (attacks/imprint.py) in front of the shared model; its parameters come with
+    the received arrays. A client builds what it is told and trains it as usual: the threat model lets the server
+    choose the architecture it ships."""
+    if not spec:
+        return base
+    kind, _, arg = spec.partition(":")
+    if kind == "imprint" and arg.isdigit() and int(arg) >= 2:
+        from attacks.imprint import ImprintBlock
+
+        return Imprinted(base, ImprintBlock((3, image_size, image_size), int(arg)))
+    raise ValueError(f"unknown model variant {spec!r} (known: imprint:<bins>)")

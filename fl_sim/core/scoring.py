@@ -10,6 +10,7 @@ becomes the headline.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -131,3 +132,50 @@ def score(images: torch.Tensor, claimed: list[str | None], truth: UserTruth) -> 
         row["psnr_mean_photo"] = psnr(images[i:i + 1], mean_photo)
         row["ssim_mean_photo"] = ssim(images[i:i + 1], mean_photo)
     return rows
+
+
+# -- per-photo recoveries (a malicious server's imprint read-out) ---------------------------------
+RECOVERED_PSNR = 25.0  # a photo counts as recovered when its matched candidate is at least this close (dB)
+
+
+def _pair_psnr(cands: torch.Tensor, photos: torch.Tensor) -> np.ndarray:
+    """PSNR (dB, as ``fl_sim.core.metrics.psnr``) of every candidate against every photo: (n, m)."""
+    mse = ((cands.clamp(-1, 1)[:, None] - photos[None]) ** 2).flatten(2).mean(2).clamp_min(1e-10)
+    out: np.ndarray = (10 * torch.log10(4.0 / mse)).double().numpy()
+    return out
+
+
+def score_photos(cands: torch.Tensor, user: str, truth: UserTruth,
+                 mixed: list[bool] | None = None) -> tuple[dict[str, Any], list[tuple[int, int]]]:
+    """Each candidate photo matched one-to-one to the user's true photos (Hungarian, on PSNR), then PSNR, SSIM and
+    face similarity (per evaluator: cosine of the candidate's embedding to the matched photo's) per match.
+
+    Returns the metrics — ``photos`` (one entry per match), ``photos_recovered`` (share of the user's photos whose
+    match is at >= ``RECOVERED_PSNR`` dB), ``psnr_matched_mean`` — and the matches as (candidate, photo) pairs."""
+    from scipy.optimize import linear_sum_assignment
+
+    photos = truth.photos[user].float()
+    m = len(photos)
+    flags = list(mixed) if mixed is not None else [False] * len(cands)
+    out: dict[str, Any] = {"photos_total": m, "candidates": len(cands), "candidates_mixed": int(sum(flags)),
+                           "recovered_psnr_threshold": RECOVERED_PSNR}
+    if not len(cands):
+        return {**out, "photos": [], "photos_recovered": 0.0, "psnr_matched_mean": None}, []
+    table = _pair_psnr(cands.float(), photos)
+    rows, cols = linear_sum_assignment(-table)
+    pairs = sorted(zip(rows.tolist(), cols.tolist()), key=lambda p: p[1])
+    embs = {ev: _embed(ev, torch.stack([cands[i] for i, _ in pairs]).clamp(-1, 1)) for ev in truth.evaluators}
+    per: list[dict[str, Any]] = []
+    for n, (i, j) in enumerate(pairs):
+        entry: dict[str, Any] = {"photo": j, "candidate": i, "psnr": float(table[i, j]),
+                                 "ssim": ssim(cands[i:i + 1].float(), photos[j:j + 1]), "mixed": bool(flags[i])}
+        sims = {ev: float(embs[ev][n] @ truth.embeddings[ev][user][j]) for ev in truth.evaluators}
+        entry.update({f"{ev}_face_similarity": v for ev, v in sims.items()})
+        entry["face_similarity"] = min(sims.values())  # the conservative one, as for re-identification
+        entry["recovered"] = int(entry["psnr"] >= RECOVERED_PSNR)
+        per.append(entry)
+    out.update(photos=per, photos_recovered=sum(e["recovered"] for e in per) / m,
+               psnr_matched_mean=float(np.mean([e["psnr"] for e in per])),
+               ssim_matched_mean=float(np.mean([e["ssim"] for e in per])),
+               face_similarity_matched_mean=float(np.mean([e["face_similarity"] for e in per])))
+    return out, pairs

@@ -143,3 +143,41 @@ def context_lines(run_dir: Path) -> dict[str, float]:
     truth = UserTruth(users, {u: ds.photos(u, cfg["data"]["image_size"])[:n] for u in users}, attrs,
                       evaluators=("sface",))
     return {k: float(np.round(v, 3)) for k, v in truth.context().items()}
+
+
+def imprint_rows(attacks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per finished imprint read-out (a malicious server's tactic imprint): the per-photo recoveries in figures."""
+    out = []
+    for a in attacks:
+        m = a.get("metrics") or {}
+        if a.get("method") != "imprint" or a.get("status") != "finished":
+            continue
+        total = int(m.get("photos_total") or 0)
+        out.append({"round": a["round"], "user": a["user"], "photos_total": total,
+                    "photos_recovered": m.get("photos_recovered"),
+                    "recovered": round(float(m.get("photos_recovered") or 0.0) * total),
+                    "threshold_db": m.get("recovered_psnr_threshold", 25.0),
+                    "psnr_matched_mean": m.get("psnr_matched_mean"), "ssim_matched_mean": m.get("ssim_matched_mean"),
+                    "reid_top1_best": m.get("reid_top1"), "reid_top1_mean": m.get("mean_recovery_reid_top1"),
+                    "candidates": m.get("candidates"), "candidates_mixed": m.get("candidates_mixed"),
+                    "image": a.get("image"), "photos": m.get("photos", [])})
+    return out
+
+
+def imprint_lines(attacks: list[dict[str, Any]]) -> list[str]:
+    """One line per attacked user and round of an imprint read-out (empty when the run has none)."""
+    rows = imprint_rows(attacks)
+    if not rows:
+        return []
+
+    def f(v: Any, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    lines = ["per-photo recoveries (tactic imprint; a photo counts at >= 25 dB PSNR to its matched true photo):"]
+    for r in rows:
+        lines.append(f"  round {r['round']} {r['user']}: {r['recovered']}/{r['photos_total']} photos recovered "
+                     f"({f(r['photos_recovered'], '.0%')}), mean PSNR of matches {f(r['psnr_matched_mean'], '.1f')} dB, "
+                     f"re-id top-1 best {f(r['reid_top1_best'], 'd')} / mean {f(r['reid_top1_mean'], 'd')}, "
+                     f"{r['candidates']} candidates ({r['candidates_mixed']} mixed)"
+                     + (f", grid {r['image']}" if r["image"] else ""))
+    return lines

@@ -108,22 +108,32 @@ def no_attacks_line(name: str, run: dict[str, Any]) -> str:
 
 def inspect_report(run_dir: Path, user: str | None = None, rnd: int | None = None) -> tuple[dict[str, Any], list[RenderableType]]:
     """`fl-sim inspect`: (the JSON document, what the table view prints) for one user's panel or the whole run."""
-    from fl_sim.experiments.inspect_run import attack_summary, attack_table, context_lines, user_panel
+    from fl_sim.experiments.inspect_run import (attack_summary, attack_table, context_lines, imprint_lines, imprint_rows,
+                                                user_panel)
 
     if user is not None:
         ctx = context_lines(run_dir)
         path, rows = user_panel(run_dir, user, rnd, context=ctx)
-        return ({"panel": str(path), "attacks": rows, "context": ctx},
-                [*attacks_report(rows, f"user {user}"), context_text(ctx), f"panel: {path}"])
+        st = RunStore(run_dir / "store.sqlite", readonly=True)
+        try:
+            own = [a for a in st.attacks() if a["user"] == user and (rnd is None or a["round"] == rnd)]
+        finally:
+            st.close()
+        doc: dict[str, Any] = {"panel": str(path), "attacks": rows, "context": ctx}
+        if imprint := imprint_rows(own):
+            doc["imprint"] = imprint
+        return (doc, [*attacks_report(rows, f"user {user}"), *imprint_lines(own), context_text(ctx), f"panel: {path}"])
     st = RunStore(run_dir / "store.sqlite", readonly=True)
     try:
-        rows, summary, run = attack_table(st), attack_summary(st), st.run()
+        rows, summary, run, raw = attack_table(st), attack_summary(st), st.run(), st.attacks()
     finally:
         st.close()
     if not rows:
         return {"attacks": rows, "summary": summary}, [no_attacks_line(run_dir.name, run)]
-    return {"attacks": rows, "summary": summary}, [*attacks_report(rows, f"attacks in {run_dir.name}"),
-                                                   *summary_lines(summary)]
+    doc: dict[str, Any] = {"attacks": rows, "summary": summary}
+    if imprint := imprint_rows(raw):  # a malicious server's per-photo recoveries
+        doc["imprint"] = imprint
+    return doc, [*attacks_report(rows, f"attacks in {run_dir.name}"), *summary_lines(summary), *imprint_lines(raw)]
 
 
 def demo_report(run_dir: Path, runs_dir: Path) -> Iterator[RenderableType]:

@@ -4,14 +4,14 @@ arithmetic every tactic shares (an aggregate minus what was sent)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from fl_sim.core.errors import ConfigError
-from fl_sim.core.fields import _f
+from fl_sim.core.fields import _f, doc
 from fl_sim.core.plugins import Parts
 from fl_sim.core.users import check_user_choice, choose_users
 
@@ -48,6 +48,7 @@ class Tactic:
     name: str = ""
     help: str = ""
     one_target_per_round: bool = False
+    methods: tuple[str, ...] = ()  # how its recovered observations are attacked (empty: the run's attack.methods)
 
     def __init__(self, model: ModelFacts) -> None:
         self.model = model
@@ -55,6 +56,14 @@ class Tactic:
     @classmethod
     def validate(cls, run: AdversaryRunView) -> None:
         """Raise a one-line ConfigError for a run this tactic cannot attack."""
+
+    def prepare(self, run: Any) -> None:
+        """Read the run's public figures (data shape, protocol, lr; a ``RunConfig``) once, before the first round."""
+
+    def variant(self, user: str, targets: list[str]) -> str:
+        """The model variant ``user`` is told to build this round (``model-variant`` in its train config; "": the
+        shared model). The spec is public: it says which architecture the arrays are for, nothing secret."""
+        return ""
 
     def craft(self, rnd: int, global_state: State, users: list[str], targets: list[str]) -> dict[str, State]:
         """The parameters each of ``users`` receives in round ``rnd`` (default: the global model for all)."""
@@ -84,6 +93,19 @@ def make_tactic(name: str, model: ModelFacts) -> Tactic:
 
 
 @dataclass
+class ImprintConfig:
+    """Tactic ``imprint``: the block shipped in front of the targets' model (attacks/imprint.py)."""
+
+    bins: int = _f(0, "imprint: bins of the block (0: 4 x data.photos_per_user, every photo one update covers)",
+                   min=0)
+    scale: float = _f(0.0, "imprint: the block's read-out scale (0: 0.3 for fedsgd, single-step updates; 0.03 for "
+                           "fedavg, multi-step: see attacks/imprint.py imprint_parameters)", min=0.0)
+    gain: float = _f(0.03, "imprint: the block's gain (activations are O(gain))", min_exclusive=0.0)
+    public_identities: int = _f(256, "imprint: identities of the public synthfaces:prior split the bin thresholds "
+                                     "are set from (never the users' photos)", min=8)
+
+
+@dataclass
 class AdversaryConfig:
     """The server's stance: honest-but-curious (what clients are sent is the global model), or actively malicious."""
 
@@ -93,6 +115,7 @@ class AdversaryConfig:
     users: str = _f("sample:1", "malicious: the tactic's targets: all | half | sample:N (seeded) | comma-separated "
                                 "user ids (one per round for tactics that take one: they rotate)")
     rounds: list[int] = _f([], "malicious: rounds the tactic runs in (empty: every round)")
+    imprint: ImprintConfig = field(default_factory=ImprintConfig, metadata=doc("tactic imprint"))
 
 
 class AdversaryRunView(Protocol):
