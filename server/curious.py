@@ -348,8 +348,12 @@ class CuriousStrategy(RecordingStrategy):
             # names), never on the individual replies (their users trained on crafted models).
             reply_of = {u.user: u for u in ok}
             for rec in recovered:
-                update = recovered_update(rec, reply_of.get(rec.user), server_round, self.dispatcher.cfg)
-                self.dispatcher.observe_round(server_round, rec.weights, [update], notes=self.adversary.notes(rec))
+                reply = reply_of.get(rec.user)
+                update = recovered_update(rec, reply, server_round, self.dispatcher.cfg)
+                notes = self.adversary.notes(rec)
+                if reply is not None and reply.refused:  # model_check refused: the target sent back no update
+                    notes["target_refused"] = True
+                self.dispatcher.observe_round(server_round, rec.weights, [update], notes=notes)
             return result
         self.dispatcher.observe_round(server_round, self._global, ok)
         return result

@@ -165,7 +165,7 @@ class RunStore:
         return self.add_update(rnd=update.round, user=update.user, node_id=node_id, num_examples=update.num_examples,
                                local_steps=update.local_steps, lr=update.lr, loss=update.loss, protocol=protocol,
                                update_norm=update_norm, layer_norms=layer_norms, defenses=defenses,
-                               metrics=dict(update.stored_metrics()))
+                               metrics={**update.stored_metrics(), **dict(update.checks or {})})
 
     def add_attack(self, *, rnd: int, user: str | None, method: str, status: str, aggregate_size: int = 1,
                    defenses: dict[str, Any] | None = None) -> int:
@@ -258,6 +258,16 @@ class RunStore:
 
     def updates(self) -> list[dict[str, Any]]:
         return self._rows("SELECT * FROM updates ORDER BY round, id", ("layer_norms", "defenses", "metrics"))
+
+    def checks(self, name: str) -> dict[int, dict[str, dict[str, Any]]]:
+        """Per round, per user: what the client-side check ``name`` (a defense, e.g. ``model_check``) reported about
+        the model that user received (stored in its update's metrics; rounds and users without one are absent)."""
+        out: dict[int, dict[str, dict[str, Any]]] = {}
+        for u in self.updates():
+            rec = u["metrics"].get(name)
+            if isinstance(rec, dict) and u["user"] is not None:
+                out.setdefault(int(u["round"]), {})[str(u["user"])] = rec
+        return out
 
     def workers(self) -> list[dict[str, Any]]:
         """Each start of the attack worker, in order (a store written before workers were recorded: none)."""
