@@ -195,7 +195,7 @@ class AttackDispatcher:
             self.store.add_attacks([{"rnd": rnd, "user": u.user if aggregate_size == 1 else None, "method": meth,
                                      "status": NO_SIGNAL, "aggregate_size": aggregate_size,
                                      "defenses": self._defenses_of(u.user if aggregate_size == 1 else None),
-                                     "error": why}
+                                     "error": why, "metrics": dict(notes or {})}
                                     for u, why in silent for meth in a.methods])
             picked = [u for u in picked if all(u is not s[0] for s in silent)]
         if not picked:

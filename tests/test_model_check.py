@@ -182,4 +182,5 @@ def test_with_refuse_the_target_who_sees_the_mismatch_sends_no_update(tmp_path: 
     # ...so what the tactic recovers holds nothing of the target's photos: no attack on a real update.
     (attack,) = run["attacks"]
     assert attack["user"] == "user01" and attack["metrics"].get("target_refused") is True
-    assert attack["status"] in ("no-signal", "finished", "failed"), attack
+    # Every user refused, so the aggregate is exactly what was sent: the recovered update is zero, never attacked.
+    assert attack["status"] == "no-signal" and attack["metrics"]["source"] == "inconsistency", attack

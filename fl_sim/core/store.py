@@ -173,15 +173,17 @@ class RunStore:
                                   "aggregate_size": aggregate_size, "defenses": defenses}])[0]
 
     def add_attacks(self, rows: list[dict[str, Any]]) -> list[int]:
-        """Several ``add_attack`` rows in one transaction (one commit: the server's round waits on it)."""
+        """Several ``add_attack`` rows in one transaction (one commit: the server's round waits on it); a row's
+        optional ``metrics`` are stored at once (e.g. a no-signal row's notes)."""
         ids = []
         now = time.time()
         for r in rows:
             cur = self._db.execute(
-                "INSERT INTO attacks (round, user, aggregate_size, method, status, created, defenses, error)"
-                " VALUES (?,?,?,?,?,?,?,?)",
+                "INSERT INTO attacks (round, user, aggregate_size, method, status, created, defenses, error, metrics)"
+                " VALUES (?,?,?,?,?,?,?,?,?)",
                 (r["rnd"], r["user"], r.get("aggregate_size", 1), r["method"], r["status"], now,
-                 json.dumps(r.get("defenses") or {}), r.get("error")))
+                 json.dumps(r.get("defenses") or {}), r.get("error"), json.dumps(r["metrics"]) if r.get("metrics")
+                 else None))
             ids.append(int(cur.lastrowid or 0))
         self._db.commit()
         return ids
