@@ -130,15 +130,18 @@ def _run(tmp_path: Path, extra: list[str], users: int = 3, rounds: int = 2, name
 
 
 def test_honest_runs_raise_no_flag_and_train_the_same(tmp_path: Path) -> None:
-    on = _run(tmp_path, ["defenses.model_check.enabled=true"], name="on")
-    off = _run(tmp_path, [], name="off")
+    on = _run(tmp_path, ["defenses.model_check.enabled=true"], rounds=1, name="on")
+    off = _run(tmp_path, [], rounds=1, name="off")
     # Every user logged and checked every round; nobody flagged anything (0 false positives).
-    assert sorted(on["checks"]) == [1, 2]
+    assert sorted(on["checks"]) == [1]
     for rnd, by_user in on["checks"].items():
         assert sorted(by_user) == ["user00", "user01", "user02"]
         assert all(not r["inconsistent"] and not r["imprint"] and not r["refused"] for r in by_user.values()), rnd
         assert sorted(r["saw"] for r in by_user.values()) == [0, 1, 2]  # one at a time: arrival order
         assert len({r["digest"] for r in by_user.values()}) == 1
+    from fl_sim.experiments.reports import inspect_report
+
+    assert inspect_report(on["dir"])[0]["detected"] == 0.0 and "detection" not in inspect_report(off["dir"])[0]
     # The same training: updates, losses and the final model are identical; only the records differ.
     for a, b in zip(on["updates"], off["updates"], strict=True):
         assert (a["round"], a["user"], a["update_norm"], a["loss"]) == (b["round"], b["user"], b["update_norm"],
@@ -165,6 +168,14 @@ def test_inconsistency_is_flagged_in_every_crafted_round(tmp_path: Path) -> None
         assert all(by_user[u]["saw"] > 0 for u in flagged)
         assert len({r["digest"] for r in by_user.values()}) == 2  # two models went out
         assert not any(r["refused"] for r in by_user.values())
+    # inspect shows it per round, beside the attacks; the share of rounds flagged is what the sweep reports.
+    from fl_sim.experiments.reports import inspect_report
+    from fl_sim.experiments.sweep import run_summary
+
+    doc, lines = inspect_report(run["dir"])
+    assert doc["detected"] == 1.0 and [r["could_compare"] for r in doc["detection"]] == [3, 3]
+    assert sum("model check (inconsistency on user01)" in str(x) for x in lines) == 2, lines
+    assert run_summary(run["dir"])["detected"] == 1.0
     # action=flag changes nothing: the attack runs on the recovered update.
     assert {(a["round"], a["user"], a["status"]) for a in run["attacks"]} == {(1, "user01", "finished"),
                                                                               (2, "user01", "finished")}
