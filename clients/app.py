@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
@@ -9,7 +14,7 @@ from flwr.clientapp import ClientApp
 from clients.training import local_train
 from fl_sim.core import defenses as defense_registry
 from fl_sim.core.config import RunConfig
-from fl_sim.core.defenses import TrainBatch, user_defenses
+from fl_sim.core.defenses import Received, TrainBatch, user_defenses
 from fl_sim.core.flwr_records import (evaluation_content, fitres_content, read_fitins, server_round, update_content,
                                       user_reply)
 from fl_sim.core.models import build_model, evaluate, task_heads, with_variant
@@ -31,8 +36,9 @@ class FlowerNodeState:
         self.context.state.config_records[key] = ConfigRecord({"state": text})
 
 
-def make_client_app(cfg: RunConfig, users: list[str]) -> ClientApp:
-    """A ClientApp for ``users`` (partition-id i is users[i])."""
+def make_client_app(cfg: RunConfig, users: list[str], run_dir: Path | None = None) -> ClientApp:
+    """A ClientApp for ``users`` (partition-id i is users[i]); ``run_dir``: the run folder where the clients can
+    reach it (a defense's shared files, e.g. model_check's transparency log)."""
     app = ClientApp()
     heads = task_heads(cfg.task, users)
     defenses = user_defenses(cfg, users)
@@ -65,7 +71,27 @@ def make_client_app(cfg: RunConfig, users: list[str]) -> ClientApp:
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
         return users[pid], pid, model
 
-    def _train(user: str, pid: int, model: torch.nn.Module, rnd: int, context: Context) -> ClientUpdate:
+    def _check(user: str, pid: int, rnd: int, received: dict[str, Any]) -> tuple[dict[str, Any], ClientUpdate | None]:
+        """The user's defenses' checks of the model it received, before anything is loaded: their records, and
+        the refusal to send instead of training (None: train). A refusal sends back what was received."""
+        if not defense_registry.checks_received(defenses[user]):
+            return {}, None
+        expected = {k: tuple(v.shape) for k, v in _model().state_dict().items()}
+        where = str(run_dir.resolve()) if run_dir is not None else ""
+        checks, refuse = defense_registry.check_received(defenses[user], Received(
+            rnd, user, received, expected, run_dir=where, run_id=run_dir.name if run_dir is not None else ""))
+        if not refuse:
+            return checks, None
+        _, y, _ = user_batch(cfg, user, heads)
+        arrays = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in received.items()}
+        # No update: the reply is the received model, weighted as usual (so a crafted round's arithmetic is
+        # unchanged) but holding nothing of the user's photos; no step was taken.
+        return checks, ClientUpdate(user=user, round=rnd, arrays=arrays, num_examples=len(y), local_steps=0,
+                                    lr=cfg.lr, loss=math.nan, labelled_examples=int((y >= 0).any(dim=1).sum()),
+                                    partition_id=pid, defenses=tuple(defenses[user]), checks=checks)
+
+    def _train(user: str, pid: int, model: torch.nn.Module, rnd: int, context: Context,
+               checks: dict[str, Any] | None = None) -> ClientUpdate:
         """Train ``model`` under this user's defenses: their update, as the server will receive it."""
         data, y, _ = user_batch(cfg, user, heads)
         d = defenses[user]
@@ -84,16 +110,19 @@ def make_client_app(cfg: RunConfig, users: list[str]) -> ClientApp:
         labelled = int((y >= 0).any(dim=1).sum())
         return ClientUpdate(user=user, round=rnd, arrays=state, num_examples=res.num_examples,
                             local_steps=res.local_steps, lr=lr, loss=res.loss, labelled_examples=labelled,
-                            partition_id=pid, defenses=tuple(d), privacy=privacy)
+                            partition_id=pid, defenses=tuple(d), privacy=privacy, checks=checks or None)
 
     def _train_legacy(msg: Message, context: Context) -> Message:
         # SecAgg+ runs on Flower's legacy workflow: weights arrive as ordered arrays in FitIns.
         arrays, rnd = read_fitins(msg.content)
         model = _model()
         keys = list(model.state_dict())
-        model.load_state_dict({k: torch.from_numpy(a.copy()) for k, a in zip(keys, arrays, strict=True)})
         pid = int(context.node_config["partition-id"])
-        update = _train(users[pid], pid, model, rnd, context)
+        checks, refusal = _check(users[pid], pid, rnd, dict(zip(keys, arrays, strict=True)))
+        if refusal is not None:
+            return Message(content=fitres_content(refusal, keys), reply_to=msg)
+        model.load_state_dict({k: torch.from_numpy(a.copy()) for k, a in zip(keys, arrays, strict=True)})
+        update = _train(users[pid], pid, model, rnd, context, checks)
         return Message(content=fitres_content(update, keys), reply_to=msg)
 
     @app.query()
@@ -105,8 +134,13 @@ def make_client_app(cfg: RunConfig, users: list[str]) -> ClientApp:
     def train(msg: Message, context: Context) -> Message:
         if legacy:
             return _train_legacy(msg, context)
+        pid, rnd = int(context.node_config["partition-id"]), server_round(msg.content)
+        received = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+        checks, refusal = _check(users[pid], pid, rnd, received)
+        if refusal is not None:
+            return Message(content=update_content(refusal), reply_to=msg)
         user, pid, model = _setup(msg, context)
-        update = _train(user, pid, model, server_round(msg.content), context)
+        update = _train(user, pid, model, rnd, context, checks)
         return Message(content=update_content(update), reply_to=msg)
 
     @app.evaluate()

@@ -200,7 +200,7 @@ class AttackDispatcher:
             self.store.add_attacks([{"rnd": rnd, "user": u.user if aggregate_size == 1 else None, "method": meth,
                                      "status": NO_SIGNAL, "aggregate_size": aggregate_size,
                                      "defenses": self._defenses_of(u.user if aggregate_size == 1 else None),
-                                     "error": why}
+                                     "error": why, "metrics": dict(notes or {})}
                                     for u, why in silent for meth in run_methods])
             picked = [u for u in picked if all(u is not s[0] for s in silent)]
         if not picked:
@@ -353,8 +353,12 @@ class CuriousStrategy(RecordingStrategy):
             # names), never on the individual replies (their users trained on crafted models).
             reply_of = {u.user: u for u in ok}
             for rec in recovered:
-                update = recovered_update(rec, reply_of.get(rec.user), server_round, self.dispatcher.cfg)
-                self.dispatcher.observe_round(server_round, rec.weights, [update], notes=self.adversary.notes(rec),
+                reply = reply_of.get(rec.user)
+                update = recovered_update(rec, reply, server_round, self.dispatcher.cfg)
+                notes = self.adversary.notes(rec)
+                if reply is not None and reply.refused:  # model_check refused: the target sent back no update
+                    notes["target_refused"] = True
+                self.dispatcher.observe_round(server_round, rec.weights, [update], notes=notes,
                                               methods=self.adversary.methods())
             return result
         self.dispatcher.observe_round(server_round, self._global, ok)

@@ -74,9 +74,9 @@ def test_attack_results_compare_without_their_trace() -> None:
 
 def test_the_defenses_section_is_assembled_from_the_registry() -> None:
     names = [d.name for d in sections()]
-    assert names == ["dp_sgd", "user_dp", "compression", "secagg"]  # the config order of before
+    assert names == ["dp_sgd", "user_dp", "compression", "secagg", "model_check"]  # the config order of before
     fields = dataclasses.fields(RunConfig().defenses)
     assert [f.name for f in fields] == names
     assert [f.metadata["doc"] for f in fields] == [DEFENSES.get(n).help for n in names]
     keys = [k for k, _, _ in documented_keys() if k.startswith("defenses.")]
-    assert keys[0] == "defenses.dp_sgd.enabled" and keys[-1] == "defenses.secagg.reconstruction_threshold"
+    assert keys[0] == "defenses.dp_sgd.enabled" and keys[-1] == "defenses.model_check.wait_s"

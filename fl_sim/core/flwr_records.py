@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -14,6 +15,8 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from fl_sim.core.records import NUM_EXAMPLES, PARTITION_ID, ClientUpdate
 
 ARRAYS, METRICS, PRIVACY, CONFIG, USER = "arrays", "metrics", "privacy", "config", "user"
+CHECKS = "checks"  # the defenses' checks of the received model: defense name -> its record as JSON
+CHECK_PREFIX = "check-"  # the same in a legacy FitRes's metrics: "check-<defense>" -> JSON
 SERVER_ROUND = "server-round"
 
 
@@ -24,16 +27,21 @@ def update_content(update: ClientUpdate) -> RecordDict:
     arrays = {k: v for k, v in update.arrays.items() if isinstance(v, torch.Tensor)}
     if len(arrays) != len(update.arrays):
         raise TypeError("a client's update is sent as torch tensors")
-    return RecordDict({ARRAYS: ArrayRecord(arrays), METRICS: MetricRecord(dict(update.metrics())),
-                       PRIVACY: ConfigRecord(dict(update.privacy_metrics()))})
+    content = RecordDict({ARRAYS: ArrayRecord(arrays), METRICS: MetricRecord(dict(update.metrics())),
+                          PRIVACY: ConfigRecord(dict(update.privacy_metrics()))})
+    if update.checks:
+        content[CHECKS] = ConfigRecord({k: json.dumps(v) for k, v in update.checks.items()})
+    return content
 
 
 def read_update(content: RecordDict, *, user: str | None, round: int, defenses: tuple[str, ...] = ()) -> ClientUpdate:
     """What the server received in a training reply, as numpy weights and typed figures."""
     arrays: dict[str, npt.NDArray[Any]] = {k: v.numpy() for k, v in content.array_records[ARRAYS].items()}
     privacy = dict(content.config_records[PRIVACY]) if PRIVACY in content.config_records else None
-    return ClientUpdate.from_metrics(dict(content.metric_records[METRICS]), user=user, round=round, arrays=arrays, privacy=privacy,
-                                     defenses=defenses)
+    checks = ({str(k): json.loads(str(v)) for k, v in content.config_records[CHECKS].items()}
+              if CHECKS in content.config_records else None)
+    return ClientUpdate.from_metrics(dict(content.metric_records[METRICS]), user=user, round=round, arrays=arrays,
+                                     privacy=privacy, defenses=defenses, checks=checks)
 
 
 def server_round(content: RecordDict) -> int:
@@ -83,14 +91,16 @@ def fitres_content(update: ClientUpdate, keys: list[str]) -> RecordDict:
     from flwr.compat.common import recorddict_compat as compat
 
     arrays = [_numpy(update.arrays[k]) for k in keys]
-    res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), update.num_examples,
-                 dict(update.stored_metrics()))
+    metrics: dict[str, Any] = dict(update.stored_metrics())
+    metrics.update({CHECK_PREFIX + k: json.dumps(v) for k, v in (update.checks or {}).items()})
+    res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), update.num_examples, metrics)
     return compat.fitres_to_recorddict(res, keep_input=False)
 
 
 def read_fitres(res: Any, *, round: int) -> ClientUpdate:
     """A legacy FitRes's figures (its weights are SecAgg+-masked: not one user's, so not kept)."""
-    update = ClientUpdate.from_metrics(res.metrics, user=None, round=round, arrays={})
+    checks = {k[len(CHECK_PREFIX):]: json.loads(str(v)) for k, v in res.metrics.items() if k.startswith(CHECK_PREFIX)}
+    update = ClientUpdate.from_metrics(res.metrics, user=None, round=round, arrays={}, checks=checks)
     return dataclasses.replace(update, num_examples=int(res.num_examples))
 
 

@@ -80,6 +80,7 @@ class ClientUpdate:
     defenses: tuple[str, ...] = ()
     privacy: PrivacyFigures | None = None
     aggregate_size: int | None = None  # None: one user's reply
+    checks: Mapping[str, Mapping[str, Any]] | None = None  # per defense: what its check of the received model found
 
     def metrics(self) -> dict[str, Number]:
         """The reply's metrics: the same keys in every reply (Flower's FedAvg aggregates only those)."""
@@ -98,8 +99,13 @@ class ClientUpdate:
         return self.privacy.to_metrics() if self.privacy is not None else {}
 
     def stored_metrics(self) -> dict[str, Number]:
-        """Everything the reply said, as the store's ``updates.metrics`` keeps it."""
+        """Everything the reply said, as the store's ``updates.metrics`` keeps it (the checks apart: ``checks``)."""
         return {**self.metrics(), **self.privacy_metrics()}
+
+    @property
+    def refused(self) -> bool:
+        """Whether the client refused to train on what it received (its reply is what it was sent)."""
+        return any(bool(rec.get("refused")) for rec in (self.checks or {}).values())
 
     def no_signal(self, global_state: Mapping[str, Any]) -> str | None:
         """Why this update carries nothing to attack (None if it does): its training saw no labelled
@@ -113,7 +119,8 @@ class ClientUpdate:
     @classmethod
     def from_metrics(cls, metrics: Mapping[str, Any], *, user: str | None, round: int, arrays: Arrays,
                      privacy: Mapping[str, Any] | None = None, defenses: tuple[str, ...] = (),
-                     num_examples: int = 0, lr: float = 0.0) -> ClientUpdate:
+                     num_examples: int = 0, lr: float = 0.0,
+                     checks: Mapping[str, Mapping[str, Any]] | None = None) -> ClientUpdate:
         """A record from metric names (a reply's, or a hand-made dict); absent keys take the defaults given."""
         agg = metrics.get(AGGREGATE_SIZE)
         lab, pid = metrics.get(LABELLED_EXAMPLES), metrics.get(PARTITION_ID)
@@ -123,7 +130,7 @@ class ClientUpdate:
                    loss=float(metrics.get(LOSS, math.nan)),
                    labelled_examples=None if lab is None else int(lab), partition_id=None if pid is None else int(pid),
                    defenses=defenses, privacy=PrivacyFigures.from_metrics(privacy or {}),
-                   aggregate_size=None if agg is None else int(agg))
+                   aggregate_size=None if agg is None else int(agg), checks=checks or None)
 
 
 def _numpy(v: Any) -> Any:

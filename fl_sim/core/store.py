@@ -165,7 +165,7 @@ class RunStore:
         return self.add_update(rnd=update.round, user=update.user, node_id=node_id, num_examples=update.num_examples,
                                local_steps=update.local_steps, lr=update.lr, loss=update.loss, protocol=protocol,
                                update_norm=update_norm, layer_norms=layer_norms, defenses=defenses,
-                               metrics=dict(update.stored_metrics()))
+                               metrics={**update.stored_metrics(), **dict(update.checks or {})})
 
     def add_attack(self, *, rnd: int, user: str | None, method: str, status: str, aggregate_size: int = 1,
                    defenses: dict[str, Any] | None = None) -> int:
@@ -173,15 +173,17 @@ class RunStore:
                                   "aggregate_size": aggregate_size, "defenses": defenses}])[0]
 
     def add_attacks(self, rows: list[dict[str, Any]]) -> list[int]:
-        """Several ``add_attack`` rows in one transaction (one commit: the server's round waits on it)."""
+        """Several ``add_attack`` rows in one transaction (one commit: the server's round waits on it); a row's
+        optional ``metrics`` are stored at once (e.g. a no-signal row's notes)."""
         ids = []
         now = time.time()
         for r in rows:
             cur = self._db.execute(
-                "INSERT INTO attacks (round, user, aggregate_size, method, status, created, defenses, error)"
-                " VALUES (?,?,?,?,?,?,?,?)",
+                "INSERT INTO attacks (round, user, aggregate_size, method, status, created, defenses, error, metrics)"
+                " VALUES (?,?,?,?,?,?,?,?,?)",
                 (r["rnd"], r["user"], r.get("aggregate_size", 1), r["method"], r["status"], now,
-                 json.dumps(r.get("defenses") or {}), r.get("error")))
+                 json.dumps(r.get("defenses") or {}), r.get("error"), json.dumps(r["metrics"]) if r.get("metrics")
+                 else None))
             ids.append(int(cur.lastrowid or 0))
         self._db.commit()
         return ids
@@ -258,6 +260,16 @@ class RunStore:
 
     def updates(self) -> list[dict[str, Any]]:
         return self._rows("SELECT * FROM updates ORDER BY round, id", ("layer_norms", "defenses", "metrics"))
+
+    def checks(self, name: str) -> dict[int, dict[str, dict[str, Any]]]:
+        """Per round, per user: what the client-side check ``name`` (a defense, e.g. ``model_check``) reported about
+        the model that user received (stored in its update's metrics; rounds and users without one are absent)."""
+        out: dict[int, dict[str, dict[str, Any]]] = {}
+        for u in self.updates():
+            rec = u["metrics"].get(name)
+            if isinstance(rec, dict) and u["user"] is not None:
+                out.setdefault(int(u["round"]), {})[str(u["user"])] = rec
+        return out
 
     def workers(self) -> list[dict[str, Any]]:
         """Each start of the attack worker, in order (a store written before workers were recorded: none)."""

@@ -62,6 +62,32 @@ def attack_summary(store: RunStore) -> list[dict[str, Any]]:
     return out
 
 
+def detection_table(store: RunStore, check: str = "model_check") -> list[dict[str, Any]]:
+    """Per round the clients' check of what they received (``defenses.model_check``): how many checked, how many
+    could compare (saw another digest: arrival order), who flagged an inconsistent or imprint-like model, who
+    refused; beside what the malicious server did that round (its tactic and targets; none: an honest round)."""
+    tactic = {r["round"]: r["metrics"].get("adversary") for r in store.rounds()}
+    rows = []
+    for rnd, by_user in sorted(store.checks(check).items()):
+        note = tactic.get(rnd) or {}
+
+        def who(key: str, by_user: dict[str, dict[str, Any]] = by_user) -> list[str]:
+            return sorted(u for u, r in by_user.items() if r.get(key))
+
+        inconsistent, imprint, refused = who("inconsistent"), who("imprint"), who("refused")
+        rows.append({"round": rnd, "tactic": note.get("tactic"), "targets": note.get("targets", []),
+                     "checked": len(by_user), "could_compare": sum(int(r.get("saw", 0)) > 0 for r in by_user.values()),
+                     "digests": len({r.get("digest") for r in by_user.values()}),
+                     "inconsistent": inconsistent, "imprint": imprint, "refused": refused,
+                     "flagged": bool(inconsistent or imprint)})
+    return rows
+
+
+def detected_share(rows: list[dict[str, Any]]) -> float | None:
+    """The share of checked rounds some client flagged (None: no client checked)."""
+    return sum(r["flagged"] for r in rows) / len(rows) if rows else None
+
+
 def user_panel(run_dir: Path, user: str, rnd: int | None = None, out: Path | None = None,
                context: dict[str, float] | None = None) -> tuple[Path, list[dict[str, Any]]]:
     """PNG: the user's photos, then each method's reconstruction per attacked round, labelled,

@@ -88,6 +88,18 @@ def summary_lines(summary: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def detection_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Per round, what the clients' model check saw (``defenses.model_check``), beside the server's tactic."""
+    lines = []
+    for r in rows:
+        server = f"{r['tactic']} on {', '.join(r['targets'])}" if r["tactic"] else "honest"
+        found = "; ".join(f"{k} by {', '.join(r[k])}" for k in ("inconsistent", "imprint", "refused") if r[k])
+        lines.append(f"round {r['round']} model check ({server}): {r['checked']} clients checked, "
+                     f"{r['could_compare']} could compare, {r['digests']} distinct model(s): "
+                     f"{found or 'nothing flagged'}")
+    return lines
+
+
 def context_text(ctx: dict[str, float]) -> str:
     """How similar a user's own photos are to each other, and different users' photos: the scale of a score."""
     return (f"context: a user's own photos match each other at {ctx['within_user_min']:.2f}..{ctx['within_user_max']:.2f} "
@@ -108,8 +120,8 @@ def no_attacks_line(name: str, run: dict[str, Any]) -> str:
 
 def inspect_report(run_dir: Path, user: str | None = None, rnd: int | None = None) -> tuple[dict[str, Any], list[RenderableType]]:
     """`fl-sim inspect`: (the JSON document, what the table view prints) for one user's panel or the whole run."""
-    from fl_sim.experiments.inspect_run import (attack_summary, attack_table, context_lines, imprint_lines, imprint_rows,
-                                                user_panel)
+    from fl_sim.experiments.inspect_run import (attack_summary, attack_table, context_lines, detected_share,
+                                                detection_table, imprint_lines, imprint_rows, user_panel)
 
     if user is not None:
         ctx = context_lines(run_dir)
@@ -126,14 +138,18 @@ def inspect_report(run_dir: Path, user: str | None = None, rnd: int | None = Non
     st = RunStore(run_dir / "store.sqlite", readonly=True)
     try:
         rows, summary, run, raw = attack_table(st), attack_summary(st), st.run(), st.attacks()
+        detection = detection_table(st)
     finally:
         st.close()
+    doc = {"attacks": rows, "summary": summary}
+    if detection:  # the clients checked what they received (defenses.model_check)
+        doc.update({"detection": detection, "detected": detected_share(detection)})
     if not rows:
-        return {"attacks": rows, "summary": summary}, [no_attacks_line(run_dir.name, run)]
-    doc: dict[str, Any] = {"attacks": rows, "summary": summary}
+        return doc, [no_attacks_line(run_dir.name, run), *detection_lines(detection)]
     if imprint := imprint_rows(raw):  # a malicious server's per-photo recoveries
         doc["imprint"] = imprint
-    return doc, [*attacks_report(rows, f"attacks in {run_dir.name}"), *summary_lines(summary), *imprint_lines(raw)]
+    return doc, [*attacks_report(rows, f"attacks in {run_dir.name}"), *summary_lines(summary), *imprint_lines(raw),
+                 *detection_lines(detection)]
 
 
 def demo_report(run_dir: Path, runs_dir: Path) -> Iterator[RenderableType]:

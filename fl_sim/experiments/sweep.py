@@ -60,9 +60,12 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
     from fl_sim.core.scoring import EVALUATORS
     from fl_sim.core.stats import bootstrap_ci
 
+    from fl_sim.experiments.inspect_run import detected_share, detection_table
+
     st = RunStore(run_dir / "store.sqlite", readonly=True)
     try:
         rounds, updates, attacks = st.rounds(), st.updates(), st.attacks()
+        detected = detected_share(detection_table(st))
     finally:
         st.close()
     eps = [u["metrics"]["dp-epsilon"] for u in updates if "dp-epsilon" in u["metrics"]]
@@ -103,6 +106,7 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
                                     *(f"{ev}_{k}" for ev in EVALUATORS
                                       for k in ("reid_top1", "reid_top1_ci", "identity_gain", "identity_gain_ci")))},
         "strongest_method": best, "methods": per_method,
+        "detected": detected,  # share of rounds a client's model check flagged (None: no client checked)
     }
 
 
@@ -197,8 +201,8 @@ def markdown_table(doc: dict[str, Any]) -> str:
 
     evs = " | ".join(f"re-id top-1 ({ev})" for ev in EVALUATORS)
     lines = [f"| {doc['param']} | epsilon (delta of the run) | held-out accuracy | identity gain (lower evaluator) | "
-             f"{evs} | gender acc. | strongest attack | run |",
-             "|---|---|---|---|" + "---|" * len(EVALUATORS) + "---|---|---|"]
+             f"{evs} | gender acc. | strongest attack | detected | run |",
+             "|---|---|---|---|" + "---|" * len(EVALUATORS) + "---|---|---|---|"]
 
     def line(label: str, eps: str, r: dict[str, Any]) -> str:
         flag = " ⚠ evaluators disagree" if r.get("evaluators_disagree") else ""
@@ -206,7 +210,7 @@ def markdown_table(doc: dict[str, Any]) -> str:
         return (f"| {label} | {eps} | {format_ci(r.get('accuracy'), r.get('accuracy_ci'), 3)} | "
                 f"{format_ci(r.get('identity_gain'), r.get('identity_gain_ci'), 3)}{flag} | {reids} | "
                 f"{format_ci(r.get('gender_accuracy'), r.get('gender_accuracy_ci'), 2)} | {r.get('strongest_method') or '-'} | "
-                f"{r['run_id']} |")
+                f"{'-' if r.get('detected') is None else format(r['detected'], '.0%')} | {r['run_id']} |")
 
     for r in doc["rows"]:
         eps = number(r.get("epsilon"), 2, nonfinite=None) if r.get("epsilon") is not None else (

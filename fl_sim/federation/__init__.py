@@ -208,7 +208,7 @@ def run_federation(cfg: RunConfig, runs_dir: Path,
             attach_ray(cfg)  # before Flower's backend, which would otherwise wait minutes on an unreachable address
         outcome: dict[str, Any] = {}
         run_simulation(server_app=make_server_app(cfg, ids, run_dir, progress, outcome, wrap),
-                       client_app=make_client_app(cfg, ids), num_supernodes=len(ids),
+                       client_app=make_client_app(cfg, ids, run_dir), num_supernodes=len(ids),
                        backend_name="ray", backend_config=backend_config(cfg))
         if "final_arrays" not in outcome:
             raise _ServerFailed(outcome.get("error", "the server app stopped before the last round"))

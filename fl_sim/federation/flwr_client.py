@@ -22,8 +22,8 @@ def _app(key: tuple[tuple[str, str], ...], n_nodes: int) -> ClientApp:
     run_config = dict(key)
     if run_config.get("run-dir"):  # `fl-sim deploy`: the run's config snapshot, the same the ServerApp reads
         cfg = load_config(Path(run_config["run-dir"]) / "config.toml", [])
-    else:
-        cfg = config_from_flwr(run_config, n_nodes)
+        return make_client_app(cfg, [u.user for u in prepare_users(cfg)], Path(run_config["run-dir"]))
+    cfg = config_from_flwr(run_config, n_nodes)
     return make_client_app(cfg, [u.user for u in prepare_users(cfg)])
 
 

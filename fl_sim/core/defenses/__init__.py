@@ -7,20 +7,24 @@ from typing import Any
 
 import torch
 
-from fl_sim.core.defenses.base import (DEFENSES, EXACT_UPDATE, Defense, NodeState, Record, RunView, StrategyWrapper,
-                                       Trained, TrainBatch, register_defense)
+from fl_sim.core.defenses.base import (DEFENSES, EXACT_UPDATE, Defense, NodeState, Received, Record, RunView,
+                                       StrategyWrapper, Trained, TrainBatch, Verdict, register_defense)
 from fl_sim.core.defenses.compression import COMPRESSION, CompressionConfig, compress_update
+from fl_sim.core.defenses.model_check import (MODEL_CHECK, ModelCheckConfig, TransparencyLog, imprint_like,
+                                              model_digest)
 from fl_sim.core.defenses.dp_sgd import (DP_SGD, DpSgdConfig, DpTrainResult, dp_local_train, dp_sgd_noise,
                                          dp_sgd_schedule, dp_sgd_training)
 from fl_sim.core.defenses.secagg import SECAGG, SecAggConfig
 from fl_sim.core.defenses.user_dp import USER_DP, USER_DP_VISIBILITY, UserDpConfig
 from fl_sim.core.users import check_user_choice, choose_users
 
-__all__ = ["COMPRESSION", "DEFENSES", "DP_SGD", "SECAGG", "USER_DP", "USER_DP_VISIBILITY", "CompressionConfig",
-           "Defense", "DpSgdConfig", "DpTrainResult", "NodeState", "RunView", "SecAggConfig", "TrainBatch", "Trained",
-           "UserDpConfig", "aggregate_only", "apply_implied", "client_mods", "compress_update", "describe",
-           "dp_local_train", "dp_sgd_noise", "dp_sgd_schedule", "dp_sgd_training", "hides_user", "register_defense",
-           "sections", "server_wrappers", "train_under", "user_defenses", "validate_defenses"]
+__all__ = ["COMPRESSION", "DEFENSES", "DP_SGD", "MODEL_CHECK", "SECAGG", "USER_DP", "USER_DP_VISIBILITY",
+           "CompressionConfig", "Defense", "DpSgdConfig", "DpTrainResult", "ModelCheckConfig", "NodeState", "Received",
+           "RunView", "SecAggConfig", "TrainBatch", "Trained", "TransparencyLog", "UserDpConfig", "Verdict",
+           "aggregate_only", "apply_implied", "check_received", "checks_received", "client_mods", "compress_update",
+           "describe", "dp_local_train", "dp_sgd_noise", "dp_sgd_schedule", "dp_sgd_training", "hides_user",
+           "imprint_like", "model_digest", "register_defense", "sections", "server_wrappers", "train_under",
+           "user_defenses", "validate_defenses"]
 
 
 def sections(pending: bool = True) -> list[Defense[Any]]:
@@ -103,6 +107,24 @@ def train_under(rec: Mapping[str, Any], batch: TrainBatch, state: NodeState) -> 
         if trained is not None:
             return trained
     return None
+
+
+def checks_received(rec: Mapping[str, Any]) -> bool:
+    """Whether any of the user's defenses inspects the model it receives (then the client hands it over)."""
+    return any(type(d).check_received is not Defense.check_received for d in _known(rec))
+
+
+def check_received(rec: Mapping[str, Any], received: Received) -> tuple[dict[str, Record], bool]:
+    """Each of the user's defenses' check of the received model: their records (by defense name, for the reply)
+    and whether any of them refuses to train on it."""
+    records: dict[str, Record] = {}
+    refuse = False
+    for d in _known(rec):
+        verdict = d.check_received(rec[d.name], received)
+        if verdict is not None:
+            records[d.name] = dict(verdict.record)
+            refuse = refuse or verdict.refuse
+    return records, refuse
 
 
 def after_train(rec: Mapping[str, Any], before: dict[str, torch.Tensor], after: dict[str, torch.Tensor],

@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+import numpy.typing as npt
 import torch
 
 from fl_sim.core.models import Head
@@ -95,6 +96,26 @@ class Trained:
     privacy: PrivacyFigures | None = None
 
 
+@dataclass(frozen=True)
+class Received:
+    """What a client was sent for one round, before it trains on it (what ``check_received`` inspects)."""
+
+    round: int
+    user: str
+    arrays: Mapping[str, npt.NDArray[Any]]  # the parameters (and buffers) as received, by name
+    expected: Mapping[str, tuple[int, ...]]  # the model the client expects to get: name -> shape
+    run_dir: str = ""  # the run folder where the client can reach it ("" unknown): per-run logs live there
+    run_id: str = ""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A check's outcome on a received model: what the client reports in its reply, and whether it refuses."""
+
+    record: Record
+    refuse: bool = False
+
+
 class Defense(Generic[S]):
     """One defense. Subclasses set the class attributes and override the hooks they need.
 
@@ -151,6 +172,11 @@ class Defense(Generic[S]):
 
     def train(self, rec: Record, batch: TrainBatch, state: NodeState) -> Trained | None:
         """Train ``batch.model`` in place under this defense (None: the run's plain training)."""
+        return None
+
+    def check_received(self, rec: Record, received: Received) -> Verdict | None:
+        """Inspect the model a client received before it trains (None: this defense checks nothing). Its
+        ``record`` travels back in the reply (stored with the update); ``refuse`` sends back no update."""
         return None
 
     def after_train(self, rec: Record, before: dict[str, torch.Tensor], after: dict[str, torch.Tensor],
