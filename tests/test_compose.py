@@ -436,6 +436,11 @@ def test_docker_compose_config_accepts_the_file():
     cmd = _compose_binary()
     if cmd is None:
         pytest.skip("neither `docker compose` nor `docker-compose` on PATH (Debian: apt-get install docker-compose)")
+    # Debian's docker-compose is a system-Python program: keep this process's venv (and any PYTHONPATH that Ray
+    # or Flower set while other tests ran) out of its imports.
+    venv_bin = str(Path(sys.executable).parent)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    env["PATH"] = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != venv_bin)
     res = subprocess.run([*cmd, "-f", str(COMPOSE), "config", "-q"], cwd=REPO, capture_output=True, text=True,
-                         timeout=120)
+                         timeout=120, env=env)
     assert res.returncode == 0, f"{' '.join(cmd)} config -q: {res.stderr[-2000:]}"

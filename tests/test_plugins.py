@@ -109,8 +109,9 @@ def test_entry_point_plugins_load_automatically(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_the_example_plugin_runs_end_to_end(tmp_path: Path) -> None:
-    """Model, dataset and attack method from the plugin: the client actors and the attack worker
-    (other processes) find them, the run finishes and the store records them."""
+    """All four parts of the plugin in one run (model, dataset, attack method, defense): the client actors and
+    the attack worker (other processes) find them, the run finishes and the store records them; the chosen
+    users' updates are clipped (their norms are the clip's, the others' larger) and their attacks say so."""
     faces = tmp_path / "faces"
     made = subprocess.run([sys.executable, str(EXAMPLE / "make_folder.py"), str(faces)], capture_output=True,
                           text=True, env=_env(), timeout=300)
@@ -119,17 +120,30 @@ def test_the_example_plugin_runs_end_to_end(tmp_path: Path) -> None:
     res = _fl_sim("run", "--set", f"plugins={EXAMPLE}", "--set", "model.name=tinycnn", "--set",
                   f"data.dataset=flatfolder:{faces}", "--set", "rounds=1", "--set", "users=3",
                   "--set", "attack.methods=gray", "--set", "data.photos_per_user=4", "--set", "data.holdout_per_user=2",
-                  "--set", "data.image_size=16", "--runs-dir", str(runs))
+                  "--set", "data.image_size=16", "--set", "defenses.update_clip.enabled=true",
+                  "--set", "defenses.update_clip.max_norm=0.01", "--set", "defenses.update_clip.users=half",
+                  "--runs-dir", str(runs))
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     (run_dir,) = runs.iterdir()
     store = RunStore(run_dir / "store.sqlite")
     try:
-        run, users, attacks = store.run(), store.users(), store.attacks()
+        run, users, updates, attacks = store.run(), store.users(), store.updates(), store.attacks()
     finally:
         store.close()
     assert run["status"] == "finished" and run["config"]["model"]["name"] == "tinycnn"
     assert run["config"]["plugins"] == [str(EXAMPLE)] and len(users) == 3
     assert attacks and {(a["method"], a["status"]) for a in attacks} == {("gray", "finished")}
+    assert run["config"]["defenses"]["update_clip"] == {"enabled": True, "max_norm": 0.01, "noise": 0.0,
+                                                         "users": "half"}
+    clipped = {u["user"] for u in users if u["defenses"] == {"update_clip": {"max_norm": 0.01}}}
+    assert 0 < len(clipped) < 3 and all(u["defenses"] == {} for u in users if u["user"] not in clipped)
+    assert len(updates) == 3 and {u["user"] for u in updates if u["defenses"]} == clipped
+    for u in updates:
+        if u["user"] in clipped:
+            assert u["update_norm"] == pytest.approx(0.01, rel=1e-3)
+        else:
+            assert u["update_norm"] > 0.02
+    assert {a["user"] for a in attacks if a["defenses"]} == clipped
 
 
 def test_config_show_documents_a_plugins_defense() -> None:
@@ -177,32 +191,3 @@ def test_a_plugins_defense_section_pickles_and_round_trips_across_processes(tmp_
         assert res.returncode == 0, f"{step}: {res.stderr[-2000:]}"
 
 
-def test_the_example_plugins_defense_runs_end_to_end(tmp_path: Path) -> None:
-    """Client actors clip the chosen users' updates; the store records the defense for those users (and
-    the attacks on them), and their update norms are the clip's while the others' are larger."""
-    runs = tmp_path / "runs"
-    res = _fl_sim("run", "--set", f"plugins={EXAMPLE}", "--set", "defenses.update_clip.enabled=true",
-                  "--set", "defenses.update_clip.max_norm=0.01", "--set", "defenses.update_clip.users=half",
-                  "--set", "rounds=1", "--set", "users=3", "--set", "attack.methods=gray",
-                  "--set", "data.photos_per_user=4", "--set", "data.holdout_per_user=2", "--set", "data.image_size=16",
-                  "--runs-dir", str(runs))
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    (run_dir,) = runs.iterdir()
-    store = RunStore(run_dir / "store.sqlite")
-    try:
-        run, users, updates, attacks = store.run(), store.users(), store.updates(), store.attacks()
-    finally:
-        store.close()
-    assert run["status"] == "finished"
-    assert run["config"]["defenses"]["update_clip"] == {"enabled": True, "max_norm": 0.01, "noise": 0.0,
-                                                         "users": "half"}
-    clipped = {u["user"] for u in users if u["defenses"] == {"update_clip": {"max_norm": 0.01}}}
-    assert 0 < len(clipped) < 3 and all(u["defenses"] == {} for u in users if u["user"] not in clipped)
-    assert len(updates) == 3 and {u["user"] for u in updates if u["defenses"]} == clipped
-    for u in updates:
-        if u["user"] in clipped:
-            assert u["update_norm"] == pytest.approx(0.01, rel=1e-3)
-        else:
-            assert u["update_norm"] > 0.02
-    assert {a["user"] for a in attacks if a["defenses"]} == clipped
-    assert {(a["method"], a["status"]) for a in attacks} == {("gray", "finished")}
