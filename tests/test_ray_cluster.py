@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from fl_sim.core.config import load_config
 from fl_sim.core.errors import ConfigError
 from fl_sim.core.store import RunStore
 from fl_sim.federation import run_federation
+from fl_sim.federation.deploy import free_port
 from fl_sim.federation.processes import _stat, descendants, same_process, stop_processes
 from tests.conftest import REPO, make_face_folder
 from tests.loopback import listening_hosts, on_loopback
@@ -60,12 +60,6 @@ class Cluster:
             ray.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _ray_start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     # A node that joins needs Ray's cluster mode, which a simulation in this process may have turned off; the
     # launcher keeps the node address 127.0.0.1 as given (tests/loopback.py), so every node listens there only.
@@ -85,7 +79,7 @@ def _ray_start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
 def cluster() -> Iterator[Cluster]:
     # A short private temp dir: Ray's socket paths must stay under 107 characters.
     tmp = tempfile.mkdtemp(prefix="flr", dir="/tmp")
-    port = _free_port()
+    port = free_port()
     c = Cluster(f"127.0.0.1:{port}", tmp, [])
     try:
         c.starts.append(_ray_start(["--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "1",
@@ -191,7 +185,7 @@ def test_a_worker_killed_in_a_run_fails_its_job_and_the_run_goes_on(cluster: Clu
 def test_an_unreachable_cluster_is_one_line_naming_the_key(tmp_path: Path) -> None:
     data = make_face_folder(tmp_path / "faces", users=2, photos=6)
     cfg = load_config(None, [f"data.dataset=folder:{data}", "users=2", "rounds=1", *TINY, "attack.enabled=false",
-                             f"simulation.ray_address=127.0.0.1:{_free_port()}"])
+                             f"simulation.ray_address=127.0.0.1:{free_port()}"])
     t0 = time.time()
     with pytest.raises(ConfigError, match=r"config key 'simulation.ray_address': no Ray at 127\.0\.0\.1:\d+") as exc:
         run_federation(cfg, tmp_path / "runs")
@@ -218,7 +212,7 @@ def test_a_serverapp_process_connects_for_its_worker_and_checks_placement(cluste
     from server.worker import check_placement, connect_worker_ray
 
     with pytest.raises(ConfigError, match=r"config key 'attack.ray_address': no Ray at"):
-        connect_worker_ray(f"127.0.0.1:{_free_port()}")
+        connect_worker_ray(f"127.0.0.1:{free_port()}")
     assert not ray.is_initialized() and connect_worker_ray(cluster.address) is True
     try:
         check_placement(0.0, "attack_worker")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fl_sim.core.loopback import ray_on_loopback
-from fl_sim.core.config import RunConfig, to_dict, to_toml
+from fl_sim.core.config import RunConfig, load_config, to_dict, to_toml
 from fl_sim.core.preflight import check_ray_address, check_resources
 from fl_sim.core.data import UserRecord, choose_users, open_dataset
 from fl_sim.core.errors import ConfigError, FlSimError, error_line
@@ -158,6 +158,19 @@ def attach_ray(cfg: RunConfig) -> None:
     except Exception as exc:  # noqa: BLE001 - Ray's refusals (no cluster for auto, a version mismatch): one line
         raise ConfigError(f"config key 'simulation.ray_address': cannot connect to Ray at {address}: "
                           f"{error_line(exc)}") from None
+
+
+def stored_run(run_dir: Path) -> tuple[RunConfig, list[str]]:
+    """A run folder ``init_run`` made: its config snapshot (task settled) and its users in partition order, read
+    back as they are. The apps of a deployment use this instead of checking the users' photos again: every
+    ClientApp process (one per message) would otherwise decode the whole dataset anew."""
+    cfg = load_config(run_dir / "config.toml", [])
+    store = RunStore(run_dir / "store.sqlite", readonly=True)
+    try:
+        users = [u["user"] for u in sorted(store.users(), key=lambda u: int(u["partition_id"]))]
+    finally:
+        store.close()
+    return cfg, users
 
 
 def init_run(cfg: RunConfig, runs_dir: Path) -> tuple[list[str], str, Path]:

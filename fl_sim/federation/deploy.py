@@ -231,7 +231,7 @@ def deploy(cfg: RunConfig, runs_dir: Path, progress: Callable[[int, dict[str, An
         ray_port = free_port()
         cfg.attack.ray_address = f"127.0.0.1:{ray_port}"
         cfg.attack.worker_resource = ATTACK_RESOURCE
-    ids, run_id, run_dir = init_run(cfg, runs_dir)
+    _, run_id, run_dir = init_run(cfg, runs_dir)
     reap_orphans(runs_dir)
     t0 = time.time()
     guard = ProcessGuard(run_dir).start()

@@ -9,7 +9,6 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from clients.app import make_client_app
-from fl_sim.core.config import load_config
 from fl_sim.core.flwr_config import config_from_flwr
 
 client_app = ClientApp()
@@ -17,12 +16,12 @@ client_app = ClientApp()
 
 @lru_cache(maxsize=4)
 def _app(key: tuple[tuple[str, str], ...], n_nodes: int) -> ClientApp:
-    from fl_sim.federation import prepare_users
+    from fl_sim.federation import prepare_users, stored_run
 
     run_config = dict(key)
-    if run_config.get("run-dir"):  # `fl-sim deploy`: the run's config snapshot, the same the ServerApp reads
-        cfg = load_config(Path(run_config["run-dir"]) / "config.toml", [])
-        return make_client_app(cfg, [u.user for u in prepare_users(cfg)], Path(run_config["run-dir"]))
+    if run_config.get("run-dir"):  # `fl-sim deploy`: the run's config snapshot and users, as the ServerApp reads them
+        cfg, users = stored_run(Path(run_config["run-dir"]))
+        return make_client_app(cfg, users, Path(run_config["run-dir"]))
     cfg = config_from_flwr(run_config, n_nodes)
     return make_client_app(cfg, [u.user for u in prepare_users(cfg)])
 

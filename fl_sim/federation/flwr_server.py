@@ -8,11 +8,11 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fl_sim.core.config import RunConfig, load_config
+from fl_sim.core.config import RunConfig
 from fl_sim.core.errors import error_line
 from fl_sim.core.flwr_config import config_from_flwr
 from fl_sim.core.store import FAILED, FINISHED, RunStore
-from fl_sim.federation import init_run, prepare_users
+from fl_sim.federation import init_run, stored_run
 from server.app import serve
 
 server_app = ServerApp()
@@ -24,8 +24,8 @@ def _run_folder(grid: Grid, run_config: dict[str, Any]) -> tuple[RunConfig, list
     `flwr run .`): the config from ``config-file``/``overrides``, one user per connected node, a new folder."""
     run_dir = str(run_config.get("run-dir", "") or "")
     if run_dir:
-        cfg = load_config(Path(run_dir) / "config.toml", [])
-        return cfg, [u.user for u in prepare_users(cfg)], Path(run_dir)
+        cfg, users = stored_run(Path(run_dir))
+        return cfg, users, Path(run_dir)
     cfg = config_from_flwr(run_config, len(list(grid.get_node_ids())))
     users, _, folder = init_run(cfg, Path(str(run_config.get("runs-dir", "runs"))).resolve())
     return cfg, users, folder
