@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,11 +72,14 @@ def make_client_app(cfg: RunConfig, users: list[str], run_dir: Path | None = Non
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
         return users[pid], pid, model
 
-    def _check(user: str, pid: int, rnd: int, received: dict[str, Any]) -> tuple[dict[str, Any], ClientUpdate | None]:
-        """The user's defenses' checks of the model it received, before anything is loaded: their records, and
-        the refusal to send instead of training (None: train). A refusal sends back what was received."""
+    def _check(user: str, pid: int, rnd: int,
+               read: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], ClientUpdate | None]:
+        """The user's defenses' checks of the model it received (``read()``: its arrays, read only when a check
+        runs: no copy on every message otherwise), before anything is loaded: their records, and the refusal to
+        send instead of training (None: train). A refusal sends back what was received."""
         if not defense_registry.checks_received(defenses[user]):
             return {}, None
+        received = read()
         expected = {k: tuple(v.shape) for k, v in _model().state_dict().items()}
         where = str(run_dir.resolve()) if run_dir is not None else ""
         checks, refuse = defense_registry.check_received(defenses[user], Received(
@@ -118,7 +122,7 @@ def make_client_app(cfg: RunConfig, users: list[str], run_dir: Path | None = Non
         model = _model()
         keys = list(model.state_dict())
         pid = int(context.node_config["partition-id"])
-        checks, refusal = _check(users[pid], pid, rnd, dict(zip(keys, arrays, strict=True)))
+        checks, refusal = _check(users[pid], pid, rnd, lambda: dict(zip(keys, arrays, strict=True)))
         if refusal is not None:
             return Message(content=fitres_content(refusal, keys), reply_to=msg)
         model.load_state_dict({k: torch.from_numpy(a.copy()) for k, a in zip(keys, arrays, strict=True)})
@@ -135,8 +139,7 @@ def make_client_app(cfg: RunConfig, users: list[str], run_dir: Path | None = Non
         if legacy:
             return _train_legacy(msg, context)
         pid, rnd = int(context.node_config["partition-id"]), server_round(msg.content)
-        received = {k: v.numpy() for k, v in msg.content["arrays"].items()}
-        checks, refusal = _check(users[pid], pid, rnd, received)
+        checks, refusal = _check(users[pid], pid, rnd, lambda: {k: v.numpy() for k, v in msg.content["arrays"].items()})
         if refusal is not None:
             return Message(content=update_content(refusal), reply_to=msg)
         user, pid, model = _setup(msg, context)
