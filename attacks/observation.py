@@ -37,11 +37,23 @@ class Observation:
     round: int = 0
     user: str | None = None
     meta: dict[str, object] = field(default_factory=dict)
+    # Parameters whose update is not (only) this user's: a malicious server's recovery left other users mixed in
+    # there (model inconsistency: the classifier's bias). Attacks neither match nor read labels from them.
+    unknown: tuple[str, ...] = ()
 
     def gradient(self) -> dict[str, torch.Tensor]:
-        """FedSGD: the exact mean gradient. FedAvg: the pseudo-gradient Δ / (η·K)."""
+        """FedSGD: the exact mean gradient. FedAvg: the pseudo-gradient Δ / (η·K). Without the ``unknown``
+        parameters."""
         scale = 1.0 / (self.lr * max(self.local_steps, 1))
-        return {k: v * scale for k, v in self.update.items()}
+        return {k: v * scale for k, v in self.update.items() if k not in self.unknown}
+
+    def classifier_weight(self) -> str:
+        """Name of the last layer's weight matrix: the last 2-d parameter with one row per class."""
+        n = sum(c for _, c in self.heads)
+        names = [k for k, v in self.global_params.items() if v.dim() == 2 and v.shape[0] == n]
+        if not names:
+            raise ValueError(f"no classifier weight with {n} rows among the model's parameters")
+        return names[-1]
 
     def classifier_bias(self) -> str:
         """Name of the last layer's bias: the last 1-d parameter with one entry per class."""

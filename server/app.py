@@ -209,10 +209,10 @@ def _serve_secagg(grid: Grid, context: Context | None, cfg: RunConfig, users: li
     shared = {defense: next(iter(defenses.values()), {}).get(defense, {})}
     adversary = _adversary(cfg, users, model)
 
-    def on_aggregate(before: dict[str, np.ndarray], agg: ClientUpdate) -> None:
+    def on_aggregate(before: dict[str, np.ndarray], agg: ClientUpdate, checks: dict[str, Any]) -> None:
         norm, per_layer = update_norms(before, {k: np.asarray(v) for k, v in agg.arrays.items()})
         store.add_client_update(agg, node_id=0, protocol=cfg.protocol, update_norm=norm, layer_norms=per_layer,
-                                defenses=shared)
+                                defenses=shared, user_checks=checks)
         if dispatcher is not None and adversary is not None and adversary.sent_in(agg.round):
             for rec in adversary.recovered(agg.round):  # a crafted round: the target's update, from the aggregate
                 dispatcher.observe_round(agg.round, rec.weights, [recovered_update(rec, None, agg.round, cfg)],

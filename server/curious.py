@@ -194,8 +194,11 @@ class AttackDispatcher:
         run_methods = list(methods) if methods else list(a.methods)
         chosen = set(self.cfg.attacked_users(self.users)) if aggregate_size == 1 and notes is None else None
         picked = [u for u in replies if chosen is None or u.user in chosen]
+        # A tactic's recovered update: the layers other users still mix into are not the target's (never read).
+        unknown = tuple(str(k) for k in (notes or {}).get("inexact_layers", ()))
+        known = {k: v for k, v in global_state.items() if k not in unknown}
         # An update that carries nothing is recorded as such, never attacked and scored as if it did.
-        silent = [(u, why) for u in picked if (why := no_signal(global_state, u)) is not None]
+        silent = [(u, why) for u in picked if (why := no_signal(known, u)) is not None]
         if silent:
             self.store.add_attacks([{"rnd": rnd, "user": u.user if aggregate_size == 1 else None, "method": meth,
                                      "status": NO_SIGNAL, "aggregate_size": aggregate_size,
@@ -207,7 +210,7 @@ class AttackDispatcher:
             return False
         targets = [u.user if aggregate_size == 1 else None for u in picked]
         # Plain arrays only: the worker builds the observations (the server's round does not wait on that).
-        obs = RoundReplies(self.cfg, self.heads, rnd, global_state, picked, targets, aggregate_size)
+        obs = RoundReplies(self.cfg, self.heads, rnd, global_state, picked, targets, aggregate_size, unknown)
         keys = [(t, m) for t in targets for m in run_methods]
         ids = dict(zip(keys, self.store.add_attacks([{"rnd": rnd, "user": t, "method": m, "status": "queued",
                                                       "aggregate_size": aggregate_size,

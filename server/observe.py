@@ -31,12 +31,13 @@ def global_model(cfg: RunConfig, heads: list[Head], global_state: dict[str, Any]
 def build_observation(cfg: RunConfig, heads: list[Head], global_state: dict[str, Any], client_state: dict[str, Any],
                       metrics: Mapping[str, Any] | ClientUpdate, *, rnd: int, user: str | None,
                       aggregate_size: int = 1,
-                      shared: tuple[torch.nn.Module, dict[str, torch.Tensor]] | None = None) -> Observation:
+                      shared: tuple[torch.nn.Module, dict[str, torch.Tensor]] | None = None,
+                      unknown: tuple[str, ...] = ()) -> Observation:
     """The observation of one reply: only public facts (config, task, weights) and the update.
 
     ``metrics``: the reply's figures (a ``ClientUpdate``, or metric names as a client reports them;
     absent ones default to the run's). ``shared``: the round's ``global_model(...)``, built once for
-    all of a round's replies.
+    all of a round's replies. ``unknown``: parameters whose update is not this user's alone (attacks skip them).
     """
     figures = metrics if isinstance(metrics, ClientUpdate) else ClientUpdate.from_metrics(
         metrics, user=user, round=rnd, arrays=client_state, num_examples=cfg.data.photos_per_user, lr=cfg.lr)
@@ -48,7 +49,7 @@ def build_observation(cfg: RunConfig, heads: list[Head], global_state: dict[str,
         loss_fn=partial(task_loss, heads=heads), heads=tuple((h.name, len(h.classes)) for h in heads),
         image_shape=(3, cfg.data.image_size, cfg.data.image_size), local_steps=figures.local_steps,
         local_epochs=cfg.local_epochs, local_batch_size=cfg.local_batch_size, aggregate_size=aggregate_size,
-        round=rnd, user=user)
+        round=rnd, user=user, unknown=unknown)
 
 
 @dataclass
@@ -63,9 +64,11 @@ class RoundReplies:
     updates: list[ClientUpdate]
     users: list[str | None]  # the target of each (None for an aggregate)
     aggregate_size: int = 1
+    unknown: tuple[str, ...] = ()  # parameters a malicious server's recovery left mixed (the attacks skip them)
 
     def observations(self) -> list[Observation]:
         shared = global_model(self.cfg, self.heads, self.global_state)  # one model for the whole round
         return [build_observation(self.cfg, self.heads, self.global_state, dict(up.arrays), up, rnd=self.rnd,
-                                  user=u, aggregate_size=self.aggregate_size, shared=shared)
+                                  user=u, aggregate_size=self.aggregate_size, shared=shared,
+                                  unknown=self.unknown)
                 for up, u in zip(self.updates, self.users)]

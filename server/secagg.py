@@ -29,7 +29,7 @@ class AggregateOnlyFedAvg(LegacyFedAvg):
 
     def __init__(self, cfg: RunConfig, keys: list[str], initial: dict[str, np.ndarray], *,
                  user_of_node: dict[int, str],
-                 on_aggregate: Callable[[dict[str, np.ndarray], ClientUpdate], None],
+                 on_aggregate: Callable[[dict[str, np.ndarray], ClientUpdate, dict[str, Any]], None],
                  on_round: Callable[[int, dict[str, Any]], None],
                  utility: Callable[[dict[str, torch.Tensor]], dict[str, Any]],
                  adversary: Adversary | None = None) -> None:
@@ -79,12 +79,15 @@ class AggregateOnlyFedAvg(LegacyFedAvg):
             params = ndarrays_to_parameters([np.asarray(nxt[k]) for k in self.keys])
         # Only what an aggregate tells: the count of users and examples, and the shared local schedule.
         fit = [read_fitres(r, round=server_round) for _, r in results]
+        # What each client's checks of the model it received said (in the clear beside the masked weights: a
+        # client's own finding about the server, not about its data).
+        checks = {self.user_of_node[int(p.node_id)]: dict(r.checks) for (p, _), r in zip(results, fit) if r.checks}
         update = ClientUpdate(user=None, round=server_round, arrays=agg, aggregate_size=len(fit),
                               num_examples=int(sum(r.num_examples for r in fit)), local_steps=fit[0].local_steps,
                               lr=self.cfg.lr, loss=float(np.average([r.loss for r in fit],
                                                                     weights=[r.num_examples for r in fit])))
         self._train, self._n = {"loss": update.loss}, len(fit)
-        self.on_aggregate(self._global, update)
+        self.on_aggregate(self._global, update, checks)
         self.final = agg
         return params, {}
 

@@ -234,7 +234,9 @@ class AttackWorker:
             mean = read.images[clean].clamp(-1, 1).mean(0)
             s_best, s_mean = score(torch.stack([read.images[best["candidate"]].clamp(-1, 1), mean]),
                                    [target, target], truth)
-            metrics.update({**s_best, "best_recovery_psnr": best["psnr"], "best_recovery_photo": best["photo"]})
+            per_photo = ("photos_recovered", "psnr_best_photo")  # the read-out's own, over every candidate
+            metrics.update({**{k: v for k, v in s_best.items() if k not in per_photo},
+                            "best_recovery_psnr": best["psnr"], "best_recovery_photo": best["photo"]})
             metrics.update({f"mean_recovery_{k}": v for k, v in s_mean.items()
                             if k in ("reid_top1", "reid_rank", "face_similarity", "identity_gain")
                             or k.endswith(("_face_similarity", "_reid_top1"))})

@@ -63,6 +63,27 @@ def test_label_counts_recovered_from_the_bias_gradient() -> None:
     assert inf.labels == {"gender": 0, "age_band": 1}
 
 
+def test_where_the_bias_is_not_the_users_labels_come_from_the_weight_rows() -> None:
+    # Model inconsistency leaves the classifier's bias mixed with other users': the attack must not read it. With one
+    # label per head in the batch, the weight rows give it exactly: row c sums mean_i (p_ic - y_ic)|h_i|, negative
+    # only for the class present (the features h are post-ReLU, >= 0).
+    from dataclasses import replace
+
+    heads = task_heads("attributes", [])
+    model = build_model("convnet", heads, 16, 4, seed=0)
+    bias = "classifier.bias"
+    for y0 in ([1, 0], [0, 2], [1, 1]):
+        y = torch.tensor([y0] * 6)
+        obs = _observe(model, torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1, y, heads)
+        mixed = replace(obs, update={**obs.update, bias: obs.update[bias] + 5.0 * torch.randn(obs.update[bias].shape)},
+                        unknown=(bias,))
+        assert infer_labels(mixed).labels == {"gender": y0[0], "age_band": y0[1]}
+        assert bias not in mixed.gradient() and set(mixed.gradient()) == set(obs.gradient()) - {bias}
+    # The corrupted bias alone would have misled the bias read-out (the check above is not vacuous).
+    wrong = replace(obs, update={**obs.update, bias: torch.tensor([-1.0, 1.0, 1.0, 1.0, -1.0])})
+    assert infer_labels(wrong).labels != {"gender": 1, "age_band": 1}
+
+
 def test_ig_recovers_a_single_image_through_a_fully_connected_first_layer() -> None:
     heads = task_heads("attributes", [])
     model = build_model("mlp", heads, 8, 2, seed=0)

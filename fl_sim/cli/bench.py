@@ -108,3 +108,76 @@ def bench_attack_cmd(users: int = typer.Option(20, "--users"), batch_sizes: str 
         print_json({k: v for k, v in res.items() if k not in ("images", "photos")})
         return
     print_all(attack_bench_report(res, protocol, seeds))
+
+
+@app.command("adversary")
+def bench_adversary_cmd(users: int = typer.Option(20, "--users", min=8),
+                        batch_sizes: str = typer.Option("32", "--batch-sizes", help="photos per user = the FedSGD "
+                                                        "batch (the embedded faces hold 80 per identity)"),
+                        protocol: str = typer.Option("fedsgd", "--protocol"),
+                        warmup: int = typer.Option(4, "--warmup", min=0, help="honest rounds before the attacked ones"),
+                        targets: int = typer.Option(10, "--targets", min=1, help="inconsistency: users targeted, one "
+                                                    "per round (the curious aggregate attack runs in the same rounds)"),
+                        methods: str = typer.Option("ig,diffusion", "--methods", help="the user-level attacks (the "
+                                                    "curious server's, and on inconsistency's recovered update)"),
+                        iterations: int = typer.Option(400, "--iterations", min=1),
+                        dp_noise: float = typer.Option(0.5, "--dp-noise", help="z of the DP-SGD cells"),
+                        wait_s: float = typer.Option(0.5, "--wait-s", min=0.0, help="model_check's wait for the "
+                                                     "round's digests in the refuse cells"),
+                        cells: str = typer.Option("", "--cells", help="tactic/defense pairs to run, e.g. "
+                                                  "imprint/none,inconsistency/secagg (empty: the whole grid)"),
+                        seed: int = typer.Option(0, "--seed"),
+                        set_: Optional[list[str]] = typer.Option(None, "--set", help="extra config for every cell"),
+                        runs_dir: Path = typer.Option(Path(".cache/bench-runs"), "--runs-dir"),
+                        figure: Optional[Path] = typer.Option(None, "--figure", help="PNG: per user, photos | curious "
+                                                              "reconstructions | malicious recoveries"),
+                        doc: Optional[Path] = typer.Option(None, "--doc", help="write the table into this markdown "
+                                                           "file (between <!-- bench-adversary:PROTOCOL:begin/end -->)"),
+                        as_json: bool = typer.Option(False, "--json")) -> None:
+    """A malicious server's tactics (imprint, inconsistency) beside the curious server, per client defense (none,
+    DP-SGD, SecAgg+, model_check), each cell a real federation: leakage, detection and cost."""
+    from attacks.methods import ATTACKS
+    from fl_sim.experiments.adversary_bench import CELLS, Plan, bench_adversary, check_plan
+    from fl_sim.experiments.adversary_report import adversary_figure, adversary_lines, adversary_markdown
+    from fl_sim.experiments.bench import write_doc_section
+    from fl_sim.experiments.progress import Bar
+
+    wanted = tuple(m.strip() for m in methods.split(",") if m.strip())
+    unknown = [m for m in wanted if m not in ATTACKS]
+    if unknown or not wanted:
+        raise FlSimError(f"--methods: unknown attack(s) {', '.join(unknown) or '(none given)'} "
+                         f"(known: {', '.join(sorted(ATTACKS))})")
+    if protocol not in ("fedsgd", "fedavg"):
+        raise FlSimError(f"--protocol: {protocol!r} is not fedsgd or fedavg")
+    chosen = CELLS
+    if cells.strip():
+        pairs = [tuple(c.strip().split("/", 1)) for c in cells.split(",") if c.strip()]
+        bad = [c for c in pairs if c not in CELLS]
+        if bad:
+            raise FlSimError(f"--cells: {', '.join('/'.join(c) for c in bad)} not in the grid "
+                             f"({', '.join(t + '/' + d for t, d in CELLS)})")
+        chosen = tuple(p for p in CELLS if p in pairs)
+    plan = Plan(users=users, batch_sizes=tuple(int_list("--batch-sizes", batch_sizes, 1)), protocol=protocol,
+                warmup=warmup, targets=targets, methods=wanted, iterations=iterations, dp_noise=dp_noise,
+                wait_s=wait_s, seed=seed, overrides=tuple(set_ or []))
+    check_plan(plan)
+    with Bar(err, "cells") as bar:
+        total = len(chosen) * len(plan.batch_sizes)
+        done = [0]
+
+        def say(what: str) -> None:
+            bar.describe(what)
+            bar.step(done[0], total)
+            done[0] += 1
+
+        res = bench_adversary(plan, runs_dir, say, chosen)
+        bar.step(total, total)
+    if figure:
+        err.print(f"figure: {adversary_figure(res, figure)}")
+    if doc:
+        write_doc_section(doc, f"bench-adversary:{protocol}", adversary_markdown(res))
+        err.print(f"table written to {doc}")
+    if as_json:
+        print_json(res)
+        return
+    print_all(adversary_lines(res))

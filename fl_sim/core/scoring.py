@@ -91,7 +91,7 @@ def score(images: torch.Tensor, claimed: list[str | None], truth: UserTruth) -> 
     """Per reconstruction, under each evaluator: facial similarity to its user's photos, identity
     gain over the average face, re-identification rank among all users; then attributes read off
     the reconstruction vs the truth (None where the truth is unknown), PSNR/SSIM vs the user's
-    mean photo.
+    mean photo, PSNR vs the closest of the user's photos and the share of photos it recovers (>= 25 dB: 0 or 1/m).
 
     ``claimed[i]`` is the user reconstruction i came from (None for an aggregate: then each
     evaluator's best-matching user is reported and no rank).
@@ -131,6 +131,10 @@ def score(images: torch.Tensor, claimed: list[str | None], truth: UserTruth) -> 
         mean_photo = truth.photos[user].mean(0, keepdim=True)
         row["psnr_mean_photo"] = psnr(images[i:i + 1], mean_photo)
         row["ssim_mean_photo"] = ssim(images[i:i + 1], mean_photo)
+        # As a per-photo recovery (the malicious server's measure): one image can stand for at most one photo.
+        best = float(_pair_psnr(images[i:i + 1].float(), truth.photos[user].float()).max())
+        row["psnr_best_photo"] = best
+        row["photos_recovered"] = int(best >= RECOVERED_PSNR) / len(truth.photos[user])
     return rows
 
 

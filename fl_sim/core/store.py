@@ -44,6 +44,7 @@ RUNNING, FINISHED, FAILED, NOT_FINISHED = "running", "finished", "failed", "not-
 # An attack that was queued or running when its run ended (killed, crashed, failed): it never will finish.
 UNFINISHED = "unfinished"
 _PENDING = ("queued", "running")
+USER_CHECKS = "user_checks"  # an aggregate's metrics key: each of its users' checks of the model it received
 
 
 class StoreError(FlSimError):
@@ -160,12 +161,15 @@ class RunStore:
              json.dumps(layer_norms), json.dumps(defenses or {}), json.dumps(metrics or {})))
 
     def add_client_update(self, update: ClientUpdate, *, node_id: int, protocol: str, update_norm: float,
-                          layer_norms: dict[str, float], defenses: dict[str, Any] | None = None) -> int:
-        """One received update (a user's reply, or an aggregate with ``user`` null) and what it said."""
+                          layer_norms: dict[str, float], defenses: dict[str, Any] | None = None,
+                          user_checks: dict[str, Any] | None = None) -> int:
+        """One received update (a user's reply, or an aggregate with ``user`` null) and what it said.
+        ``user_checks``: an aggregate's — each of its users' checks of the model it received (user -> checks)."""
         return self.add_update(rnd=update.round, user=update.user, node_id=node_id, num_examples=update.num_examples,
                                local_steps=update.local_steps, lr=update.lr, loss=update.loss, protocol=protocol,
                                update_norm=update_norm, layer_norms=layer_norms, defenses=defenses,
-                               metrics={**update.stored_metrics(), **dict(update.checks or {})})
+                               metrics={**update.stored_metrics(), **dict(update.checks or {}),
+                                        **({USER_CHECKS: user_checks} if user_checks else {})})
 
     def add_attack(self, *, rnd: int, user: str | None, method: str, status: str, aggregate_size: int = 1,
                    defenses: dict[str, Any] | None = None) -> int:
@@ -263,12 +267,16 @@ class RunStore:
 
     def checks(self, name: str) -> dict[int, dict[str, dict[str, Any]]]:
         """Per round, per user: what the client-side check ``name`` (a defense, e.g. ``model_check``) reported about
-        the model that user received (stored in its update's metrics; rounds and users without one are absent)."""
+        the model that user received (stored in its update's metrics, or under SecAgg+ in the aggregate's
+        ``user_checks``; rounds and users without one are absent)."""
         out: dict[int, dict[str, dict[str, Any]]] = {}
         for u in self.updates():
             rec = u["metrics"].get(name)
             if isinstance(rec, dict) and u["user"] is not None:
                 out.setdefault(int(u["round"]), {})[str(u["user"])] = rec
+            for user, checks in (u["metrics"].get(USER_CHECKS) or {}).items():
+                if isinstance(checks.get(name), dict):
+                    out.setdefault(int(u["round"]), {})[str(user)] = checks[name]
         return out
 
     def workers(self) -> list[dict[str, Any]]:

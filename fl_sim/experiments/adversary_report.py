@@ -1,0 +1,125 @@
+"""The adversary bench as text: a table per protocol (terminal and markdown) and a figure of what each server got."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fl_sim.core.fmt import number
+
+COLUMNS = ("tactic", "defense", "batch", "photos ≥25 dB", "re-id top-1", "detected", "clients detecting",
+           "honest rounds flagged", "s/user", "wall s")
+
+
+def _ci(v: Any, ci: Any) -> str:
+    if v is None:
+        return "–"
+    return f"{v:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{v:.2f}"
+
+
+def _cells(r: dict[str, Any]) -> list[str]:
+    fp = f"{round((r['false_positive_rate'] or 0) * r['honest_rounds'])}/{r['honest_rounds']}"
+    return [r["tactic"], r["defense"], str(r["batch_size"]), _ci(r["photos_recovered"], r["photos_recovered_ci"]),
+            _ci(r["reid_top1"], r["reid_top1_ci"]), number(r["detected"], 2) if r["tactic"] != "curious" else "–",
+            number(r["clients_detecting"], 2), fp, number(r["seconds_per_user"], 1), f"{r['wall_s']:.0f}"]
+
+
+def adversary_markdown(res: dict[str, Any]) -> str:
+    c = res["config"]
+    fp = res["false_positives"]
+    chance = f"{res['rows'][0]['reid_chance']:.2f}" if res["rows"] else "1/users"
+    head = (f"{c['protocol']}, {c['users']} users of `synthfaces`, seed {c['seed']}; the attacked rounds follow "
+            f"{c['warmup_rounds']} honest rounds; inconsistency targets {c['targets']} users (one per round); user-level "
+            f"attacks {', '.join(c['methods'])} at {c['iterations']} iterations, per user the best of them; DP-SGD "
+            f"z = {c['dp_noise_multiplier']}; 95 % intervals over users; re-id by chance {chance}.")
+    lines = [head, "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_cells(r)) + " |" for r in res["rows"]]
+    lines += ["", f"Honest rounds flagged by any client over the whole bench (the imprint detector's and the digest "
+                  f"check's false positives): {fp['flagged']} of {fp['honest_rounds']}."]
+    return "\n".join(lines)
+
+
+def adversary_lines(res: dict[str, Any]) -> list[str]:
+    rows = [list(COLUMNS)] + [_cells(r) for r in res["rows"]]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    out = ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
+    fp = res["false_positives"]
+    out.append(f"honest rounds flagged over the bench: {fp['flagged']} of {fp['honest_rounds']}")
+    return out
+
+
+def adversary_figure(res: dict[str, Any], path: Path, max_users: int = 4, photos: int = 4) -> Path:
+    """Per user (the first inconsistency targets): ``photos`` of their photos | the curious server's reconstructions
+    (no defense) | imprint's matched recoveries of those photos | inconsistency's reconstructions under SecAgg+."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from fl_sim.core.data import open_dataset
+    from fl_sim.core.evaluators.face import to_uint8_hwc
+    from fl_sim.core.store import RunStore
+
+    runs = Path(res["runs_dir"])
+    batch = res["config"]["batch_sizes"][0]
+    by = {(r["tactic"], r["defense"]): r for r in res["rows"] if r["batch_size"] == batch}
+
+    def attacks(key: tuple[str, str]) -> list[dict[str, Any]]:
+        if key not in by:
+            return []
+        st = RunStore(runs / by[key]["run_id"] / "store.sqlite", readonly=True)
+        try:
+            return [a for a in st.attacks() if a["status"] == "finished" and a["image"]]
+        finally:
+            st.close()
+
+    curious, imprint = attacks(("curious", "none")), attacks(("imprint", "none"))
+    incons = attacks(("inconsistency", "secagg"))
+    users = list(dict.fromkeys(a["user"] for a in incons if a["user"]))[:max_users] or \
+        list(dict.fromkeys(a["user"] for a in curious if a["user"]))[:max_users]
+    methods = list(dict.fromkeys(a["method"] for a in curious))
+    size = 32
+    ds = open_dataset("synthfaces")
+
+    def png(rel: str) -> np.ndarray:
+        for key in by.values():
+            p = runs / key["run_id"] / rel
+            if p.exists():
+                return np.asarray(Image.open(p).convert("RGB"))
+        return np.full((size, size, 3), 128, np.uint8)
+
+    def find(rows: list[dict[str, Any]], user: str, method: str) -> dict[str, Any] | None:
+        return next((a for a in rows if a["user"] == user and a["method"] == method), None)
+
+    grey = np.full((size, size, 3), 128, np.uint8)
+    gap = np.full((size, 4, 3), 255, np.uint8)
+    rows = []
+    for u in users:
+        tiles = list(to_uint8_hwc(ds.photos(u, size)[:photos]))
+        tiles.append(gap)
+        for m in methods:
+            a = find(curious, u, m)
+            tiles.append(png(a["image"])[:size, :size] if a else grey)
+        tiles.append(gap)
+        a = find(imprint, u, "imprint")
+        grid = png(a["image"]) if a else None
+        for j in range(photos):  # the imprint PNG: matched recoveries above the photos, one column per photo
+            tiles.append(grid[:size, j * size:(j + 1) * size] if grid is not None and grid.shape[1] >= (j + 1) * size
+                         else grey)
+        tiles.append(gap)
+        for m in methods:
+            a = find(incons, u, m)
+            tiles.append(png(a["image"])[:size, :size] if a else grey)
+        rows.append(np.concatenate(tiles, axis=1))
+    body = np.concatenate(rows, axis=0) if rows else np.full((size, size, 3), 255, np.uint8)
+    scale = 3
+    img = Image.fromarray(body).resize((body.shape[1] * scale, body.shape[0] * scale), Image.NEAREST)
+    canvas = Image.new("RGB", (img.width, img.height + 18), "white")
+    canvas.paste(img, (0, 18))
+    labels = [(0, f"{photos} of the user's photos"), ((photos * size + 4) * scale, "curious: " + ", ".join(methods)),
+              ((photos * size + 8 + len(methods) * size) * scale, "imprint: matched recoveries"),
+              ((2 * photos * size + 12 + len(methods) * size) * scale, "inconsistency under SecAgg+")]
+    draw = ImageDraw.Draw(canvas)
+    for x, text in labels:
+        draw.text((x + 2, 3), text, fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
