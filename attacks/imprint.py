@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from attacks.priors.diffusion import DiffusionPrior
+
 Shape = tuple[int, int, int]
 
 
@@ -208,3 +210,21 @@ def update_as_gradient(before: torch.Tensor, after: torch.Tensor, lr: float) -> 
     shifting thresholds) and the float32 difference keeps enough digits (small steps lose precision).
     """
     return (before.double() - after.double()) / lr
+
+
+def clean_with_prior(images: torch.Tensor, prior: DiffusionPrior, noise_std: float, steps: int = 25,
+                     seed: int = 0) -> torch.Tensor:
+    """Mixed candidates pulled back onto the face manifold (SDEdit-style): each image, clamped to the valid range,
+    is read as a face plus Gaussian noise of std ``noise_std``, noised to the matching diffusion step and denoised
+    with ``steps`` DDIM steps of the prior. Same size in and out; deterministic for a ``seed``."""
+    if not len(images):
+        return images
+    t = prior.t_for_noise_std(noise_std)
+    if t is None:
+        raise ValueError(f"noise std {noise_std} is beyond the prior's schedule")
+    size = images.shape[-1]
+    with torch.no_grad():
+        x0 = prior.to_prior(images.float().clamp(-1, 1).to(prior.device))
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(prior.device)
+        out = prior.ddim(prior.add_noise(x0, t, noise), t, steps)
+    return prior.from_prior(out.clamp(-1, 1), size).cpu()

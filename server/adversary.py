@@ -83,7 +83,8 @@ class Adversary:
 
     def notes(self, rec: Recovered) -> dict[str, Any]:
         """What an attack on a recovered update records with its metrics."""
-        return {SOURCE: self.tactic.name, "exact_layers": len(rec.exact), "inexact_layers": list(rec.inexact)}
+        return {SOURCE: self.tactic.name, "exact_layers": len(rec.exact), "inexact_layers": list(rec.inexact),
+                **self.tactic.attack_notes()}
 
 
 def recovered_update(rec: Recovered, reply: ClientUpdate | None, rnd: int, cfg: RunConfig) -> ClientUpdate:

@@ -56,6 +56,7 @@ class ImprintRead:
     bins: list[int]
     mixed: list[bool]
     seconds: float
+    cleaned: torch.Tensor | None = None  # the candidates with the mixed ones cleaned by the prior (clean_noise > 0)
 
 
 def read_imprints(observations: RoundReplies, image_size: int) -> list[ImprintRead]:
@@ -75,6 +76,20 @@ def read_imprints(observations: RoundReplies, image_size: int) -> list[ImprintRe
         rec = recover_bins(grads[0], grads[1], shape=(3, image_size, image_size))
         out.append(ImprintRead(rec.images, rec.bins.tolist(), rec.mixed.tolist(), time.time() - t0))
     return out
+
+
+def _clean_mixed(reads: list[ImprintRead], prior: Any, noise_std: float, seed: int) -> None:
+    """Each read's mixed candidates cleaned by the prior (attacks.imprint.clean_with_prior); the rest as read."""
+    from attacks.imprint import clean_with_prior
+
+    for read in reads:
+        t0 = time.time()
+        cleaned = read.images.clone()
+        idx = [i for i, m in enumerate(read.mixed) if m]
+        if idx:
+            cleaned[idx] = clean_with_prior(read.images[idx], prior, noise_std, seed=seed)
+        read.cleaned = cleaned
+        read.seconds += time.time() - t0
 
 
 @dataclass
@@ -166,6 +181,8 @@ class AttackWorker:
                 if not isinstance(job.observations, RoundReplies):
                     raise ValueError("the imprint read-out needs the replies' arrays (RoundReplies)")
                 recs[IMPRINT] = read_imprints(job.observations, job.image_size)
+                if job.notes.get("clean_noise"):
+                    _clean_mixed(recs[IMPRINT], self._prior(job.prior), float(job.notes["clean_noise"]), job.round)
             others = [m for m in job.methods if m != IMPRINT]
             obs = (job.observations.observations() if isinstance(job.observations, RoundReplies)
                    else job.observations) if others else []
@@ -221,12 +238,24 @@ class AttackWorker:
         from PIL import Image
 
         from fl_sim.core.evaluators.face import to_uint8_hwc
-        from fl_sim.core.scoring import score, score_photos
+        from fl_sim.core.scoring import best_photo_psnr, score, score_photos
 
         if target is None:
             raise ValueError("an imprint read-out is one user's")
         metrics, pairs = score_photos(read.images, target, truth, read.mixed)
         metrics.update(seconds=read.seconds, bins_nonempty=len(read.bins), **job.notes)
+        if read.cleaned is not None:  # the same read with its mixed candidates cleaned by the prior: did it help?
+            cleaned, _ = score_photos(read.cleaned, target, truth, read.mixed)
+            idx = [i for i, m in enumerate(read.mixed) if m]
+            raw_best = best_photo_psnr(read.images[idx].clamp(-1, 1), target, truth)
+            clean_best = best_photo_psnr(read.cleaned[idx], target, truth)
+            metrics["cleaned"] = {"photos_recovered": cleaned["photos_recovered"],
+                                  "psnr_matched_mean": cleaned["psnr_matched_mean"],
+                                  "mixed": len(idx),
+                                  "mixed_best_psnr_raw": sum(raw_best) / len(idx) if idx else None,
+                                  "mixed_best_psnr_cleaned": sum(clean_best) / len(idx) if idx else None,
+                                  "mixed_recovered_raw": sum(v >= 25.0 for v in raw_best),
+                                  "mixed_recovered_cleaned": sum(v >= 25.0 for v in clean_best)}
         image = None
         if pairs:
             best = max(metrics["photos"], key=lambda e: e["psnr"])

@@ -197,3 +197,22 @@ def test_recovery_share_on_faces_fedavg(faces: dict[str, torch.Tensor]) -> None:
     print(f"imprint FedAvg (4 steps x 8, lr {lr}), batch 32, 128 bins: recovered at PSNR >= 25 dB: "
           f"{share:.3f} (per user {', '.join(f'{s:.2f}' for s in got)})")
     assert share > 0.2
+
+
+def test_the_priors_cleaning_keeps_a_face_at_low_noise_and_redraws_a_blend_at_high_noise() -> None:
+    # Known answers at the two ends: at a tiny noise std the DDIM round trip returns the face it was given; at a
+    # large one it returns a different, valid image (the prior's, not the blend's) — and the same one for a seed.
+    from attacks.imprint import clean_with_prior
+    from fl_sim.core.data import open_dataset
+    from fl_sim.core.metrics import psnr
+    from fl_sim.core.priors import open_prior
+
+    prior = open_prior("faces32", device="cpu")
+    ds = open_dataset("synthfaces:prior")
+    faces = torch.cat([ds.photos(p.user, 32)[:1] for p in ds.users()[:2]])
+    kept = clean_with_prior(faces, prior, 0.01, steps=2)
+    assert kept.shape == faces.shape and psnr(kept, faces) > 30
+    blend = 1.6 * faces[:1] - 0.6 * faces[1:]  # a mixed bin: a signed blend, out of range
+    a, b = clean_with_prior(blend, prior, 1.0, steps=5), clean_with_prior(blend, prior, 1.0, steps=5)
+    assert torch.equal(a, b) and float(a.abs().max()) <= 1.0 and psnr(a, blend.clamp(-1, 1)) < 30
+    assert clean_with_prior(blend[:0], prior, 1.0).shape == (0, 3, 32, 32)

@@ -124,6 +124,9 @@ def bench_adversary_cmd(users: int = typer.Option(20, "--users", min=8),
                         dp_noise: float = typer.Option(0.5, "--dp-noise", help="z of the DP-SGD cells"),
                         wait_s: float = typer.Option(0.5, "--wait-s", min=0.0, help="model_check's wait for the "
                                                      "round's digests in the refuse cells"),
+                        clean_noise: float = typer.Option(0.5, "--clean-noise", min=0.0, help="imprint: also clean "
+                                                          "the mixed bins with the prior at this noise std and "
+                                                          "score both (0: off)"),
                         cells: str = typer.Option("", "--cells", help="tactic/defense pairs to run, e.g. "
                                                   "imprint/none,inconsistency/secagg (empty: the whole grid)"),
                         seed: int = typer.Option(0, "--seed"),
@@ -159,7 +162,7 @@ def bench_adversary_cmd(users: int = typer.Option(20, "--users", min=8),
         chosen = tuple(p for p in CELLS if p in pairs)
     plan = Plan(users=users, batch_sizes=tuple(int_list("--batch-sizes", batch_sizes, 1)), protocol=protocol,
                 warmup=warmup, targets=targets, methods=wanted, iterations=iterations, dp_noise=dp_noise,
-                wait_s=wait_s, seed=seed, overrides=tuple(set_ or []))
+                wait_s=wait_s, clean_noise=clean_noise, seed=seed, overrides=tuple(set_ or []))
     check_plan(plan)
     with Bar(err, "cells") as bar:
         total = len(chosen) * len(plan.batch_sizes)

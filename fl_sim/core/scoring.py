@@ -149,6 +149,13 @@ def _pair_psnr(cands: torch.Tensor, photos: torch.Tensor) -> np.ndarray:
     return out
 
 
+def best_photo_psnr(cands: torch.Tensor, user: str, truth: UserTruth) -> list[float]:
+    """Per candidate: its PSNR (dB) against the closest of the user's photos."""
+    if not len(cands):
+        return []
+    return [float(v) for v in _pair_psnr(cands.float(), truth.photos[user].float()).max(1)]
+
+
 def score_photos(cands: torch.Tensor, user: str, truth: UserTruth,
                  mixed: list[bool] | None = None) -> tuple[dict[str, Any], list[tuple[int, int]]]:
     """Each candidate photo matched one-to-one to the user's true photos (Hungarian, on PSNR), then PSNR, SSIM and

@@ -48,6 +48,7 @@ class Plan:
     iterations: int
     dp_noise: float  # z of the DP-SGD cells
     wait_s: float  # model_check's wait for the round's digests (the refuse cells)
+    clean_noise: float  # imprint: the prior's cleaning of mixed bins (0: off)
     seed: int
     overrides: tuple[str, ...]  # extra --set, applied to every cell
 
@@ -79,6 +80,8 @@ def cell_overrides(plan: Plan, tactic: str, defense: str, batch: int) -> list[st
     else:
         # The tactic's rounds are crafted: the curious server never attacks them as honest rounds, only the
         # tactic's recovered updates are attacked (so attack.rounds only names a crafted round).
+        if tactic == "imprint" and plan.clean_noise:
+            out.append(f"adversary.imprint.clean_noise={plan.clean_noise}")
         out += ["adversary.mode=malicious", f"adversary.tactic={tactic}", f"adversary.rounds={rs}",
                 f"attack.rounds={first}",
                 "adversary.users=" + ("all" if tactic == "imprint" else f"sample:{plan.targets}")]
@@ -133,6 +136,7 @@ def cell_row(st: RunStore, cfg: RunConfig, plan: Plan, tactic: str, defense: str
     statuses: dict[str, int] = {}
     seconds = 0.0
     by_method: dict[str, dict[str, list[float]]] = {}
+    cleaning: dict[str, int] = {}
     target_of = _targets_by_round(plan, batch, users) if tactic == "curious" and defense != "none" else {}
     for a in attacks:
         statuses[a["status"]] = statuses.get(a["status"], 0) + 1
@@ -153,6 +157,10 @@ def cell_row(st: RunStore, cfg: RunConfig, plan: Plan, tactic: str, defense: str
         else:
             reid, photos = float(m.get("reid_top1") or 0), _finite(m.get("photos_recovered"))
         cur = per_user.setdefault(user, {"reid_top1": 0.0})
+        if isinstance(m.get("cleaned"), dict):  # imprint with the prior's cleaning of mixed bins
+            cur["photos_recovered_cleaned"] = float(m["cleaned"]["photos_recovered"])
+            for k in ("mixed", "mixed_recovered_raw", "mixed_recovered_cleaned"):
+                cleaning[k] = cleaning.get(k, 0) + int(m["cleaned"][k])
         cur["reid_top1"] = max(cur["reid_top1"], reid)
         if photos is not None:
             cur["photos_recovered"] = max(cur.get("photos_recovered", 0.0), photos)
@@ -178,10 +186,12 @@ def cell_row(st: RunStore, cfg: RunConfig, plan: Plan, tactic: str, defense: str
     able = [len(flagged.get(r, [])) / max(len(checks.get(r, {})), 1) for r in tactic_rounds]
     refused = [u for r in tactic_rounds for u, c in checks.get(r, {}).items() if c.get("refused")]
     photos, photos_ci = summary("photos_recovered")
+    cleaned, cleaned_ci = summary("photos_recovered_cleaned")
     reid, reid_ci = summary("reid_top1")
     return {
         "tactic": tactic, "defense": defense, "batch_size": batch, "protocol": cfg.protocol,
         "photos_recovered": photos, "photos_recovered_ci": photos_ci,
+        "photos_recovered_cleaned": cleaned, "photos_recovered_cleaned_ci": cleaned_ci, "cleaning": cleaning or None,
         "reid_top1": reid, "reid_top1_ci": reid_ci, "reid_chance": 1 / len(users),
         "detected": detected if tactic != "curious" else fp,
         "false_positive_rate": fp, "honest_rounds": len(honest), "tactic_rounds": len(tactic_rounds),
@@ -219,7 +229,7 @@ def bench_adversary(plan: Plan, runs_dir: Path, progress: Callable[[str], None] 
     return {"config": {"users": plan.users, "batch_sizes": list(plan.batch_sizes), "protocol": plan.protocol,
                        "warmup_rounds": plan.warmup, "targets": plan.targets, "methods": list(plan.methods),
                        "iterations": plan.iterations, "dp_noise_multiplier": plan.dp_noise,
-                       "model_check_wait_s": plan.wait_s, "seed": plan.seed, "overrides": list(plan.overrides)},
+                       "model_check_wait_s": plan.wait_s, "imprint_clean_noise": plan.clean_noise, "seed": plan.seed, "overrides": list(plan.overrides)},
             "rows": rows,
             "false_positives": {"honest_rounds": honest, "flagged": flagged,
                                 "rate": flagged / honest if honest else None},

@@ -7,7 +7,7 @@ from typing import Any
 
 from fl_sim.core.fmt import number
 
-COLUMNS = ("tactic", "defense", "batch", "photos ≥25 dB", "re-id top-1", "detected", "clients detecting",
+COLUMNS = ("tactic", "defense", "batch", "photos ≥25 dB", "… mixed bins prior-cleaned", "re-id top-1", "detected", "clients detecting",
            "honest rounds flagged", "s/user", "wall s")
 
 
@@ -20,6 +20,7 @@ def _ci(v: Any, ci: Any) -> str:
 def _cells(r: dict[str, Any]) -> list[str]:
     fp = f"{round((r['false_positive_rate'] or 0) * r['honest_rounds'])}/{r['honest_rounds']}"
     return [r["tactic"], r["defense"], str(r["batch_size"]), _ci(r["photos_recovered"], r["photos_recovered_ci"]),
+            _ci(r.get("photos_recovered_cleaned"), r.get("photos_recovered_cleaned_ci")),
             _ci(r["reid_top1"], r["reid_top1_ci"]), number(r["detected"], 2) if r["tactic"] != "curious" else "–",
             number(r["clients_detecting"], 2), fp, number(r["seconds_per_user"], 1), f"{r['wall_s']:.0f}"]
 
@@ -34,6 +35,15 @@ def adversary_markdown(res: dict[str, Any]) -> str:
             f"z = {c['dp_noise_multiplier']}; 95 % intervals over users; re-id by chance {chance}.")
     lines = [head, "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_cells(r)) + " |" for r in res["rows"]]
+    notes = []
+    for r in res["rows"]:
+        c2 = r.get("cleaning")
+        if c2 and c2.get("mixed"):
+            notes.append(f"- {r['tactic']} / {r['defense']} (batch {r['batch_size']}): of {c2['mixed']} mixed candidates, "
+                         f"{c2['mixed_recovered_raw']} were within 25 dB of a photo as read and "
+                         f"{c2['mixed_recovered_cleaned']} after the prior's cleaning (noise std "
+                         f"{res['config'].get('imprint_clean_noise')}).")
+    lines += [""] + notes if notes else []
     lines += ["", f"Honest rounds flagged by any client over the whole bench (the imprint detector's and the digest "
                   f"check's false positives): {fp['flagged']} of {fp['honest_rounds']}."]
     return "\n".join(lines)

@@ -60,6 +60,10 @@ class Tactic:
     def prepare(self, run: Any) -> None:
         """Read the run's public figures (data shape, protocol, lr; a ``RunConfig``) once, before the first round."""
 
+    def attack_notes(self) -> dict[str, Any]:
+        """Settings the attack worker needs for this tactic's recovered updates (recorded with their metrics)."""
+        return {}
+
     def variant(self, user: str, targets: list[str]) -> str:
         """The model variant ``user`` is told to build this round (``model-variant`` in its train config; "": the
         shared model). The spec is public: it says which architecture the arrays are for, nothing secret."""
@@ -103,6 +107,9 @@ class ImprintConfig:
     gain: float = _f(0.03, "imprint: the block's gain (activations are O(gain))", min_exclusive=0.0)
     public_identities: int = _f(256, "imprint: identities of the public synthfaces:prior split the bin thresholds "
                                      "are set from (never the users' photos)", min=8)
+    clean_noise: float = _f(0.0, "imprint: also clean the mixed candidates (bins holding several photos) with the "
+                                 "diffusion prior attack.prior — noised to this std, denoised by DDIM — and score "
+                                 "both (0: off)", min=0.0)
 
 
 @dataclass

@@ -41,6 +41,7 @@ class Imprint(Tactic):
         self.gain = 0.03
         self.public = 256
         self.seed = 0
+        self.clean_noise = 0.0
         self._block: State | None = None
 
     @classmethod
@@ -63,6 +64,10 @@ class Imprint(Tactic):
         self.gain = float(conf.gain)
         self.public = int(conf.public_identities)
         self.seed = int(run.seed)
+        self.clean_noise = float(conf.clean_noise)
+
+    def attack_notes(self) -> dict[str, Any]:
+        return {"clean_noise": self.clean_noise} if self.clean_noise else {}
 
     def block(self) -> State:
         """The block's arrays (built once per run): thresholds from public faces, never the users' photos."""
