@@ -33,6 +33,37 @@ def measurement_vector(shape: Shape, kind: str = "random", seed: int = 0) -> tor
     return unit
 
 
+def spread_direction(groups: list[torch.Tensor], rank: int = 64) -> torch.Tensor:
+    """A unit measurement along which one person's photos spread most relative to how people differ, from public
+    faces grouped by identity (each group: (n_i, ...), n_i >= 2): argmax_m mᵀS_w m / mᵀ(S_w + S_b) m, with S_w the
+    within-identity and S_b the between-identity scatter, solved in the top-``rank`` principal components.
+
+    Why: a client's batch here is one person's photos, so the bins (set from many people) must split *them*; along a
+    random direction most of the spread is between people and one user's photos crowd into a few bins."""
+    flat = [g.flatten(1).double() for g in groups if len(g) >= 2]
+    if len(flat) < 2:
+        raise ValueError("a spread direction needs at least two identities with two photos or more")
+    means = torch.stack([g.mean(0) for g in flat])
+    within = torch.cat([g - g.mean(0, keepdim=True) for g in flat])
+    between = means - means.mean(0, keepdim=True)
+    allx = torch.cat(flat)
+    q = min(rank, allx.shape[0] - 1, allx.shape[1])
+    _, _, basis = torch.pca_lowrank(allx - allx.mean(0, keepdim=True), q=q, center=False)
+    w, b = within @ basis, between @ basis
+    s_w, s_b = w.T @ w / len(w), b.T @ b / len(b)
+    # A ridge of 1 % of the mean variance: a direction where nobody's photos vary at all is no use (its bins would
+    # split pixel noise), however pure its little variation is.
+    total = s_w + s_b
+    ridge = 0.01 * float(torch.trace(total)) / q
+    chol = torch.linalg.cholesky(total + ridge * torch.eye(q, dtype=torch.float64))
+    inv = torch.linalg.inv(chol)
+    _, vecs = torch.linalg.eigh(inv @ s_w @ inv.T)
+    m = basis @ (inv.T @ vecs[:, -1])
+    m = m if float(m.sum()) >= 0 else -m  # a fixed sign: the same block for the same faces
+    unit: torch.Tensor = m / m.norm()
+    return unit
+
+
 def bin_thresholds(public: torch.Tensor, measurement: torch.Tensor, bins: int) -> torch.Tensor:
     """``bins`` ascending thresholds of ``mᵀx`` from public images (N, ...): what the server can know.
 

@@ -24,6 +24,7 @@ def _cli(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, *args: 
     (["--users", "20", "--targets", "21"], "--targets"),
     (["--methods", "ig,nope"], "--methods"),
     (["--set", "model.name=nope"], "model.name"),
+    (["--from", "/nonexistent/adversary.json"], "--from"),
 ])
 def test_bad_input_is_one_line_before_anything_runs(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
                                                     tmp_path: Path, args: list[str], where: str) -> None:
@@ -53,3 +54,11 @@ def test_inconsistency_under_secagg_is_a_row_with_leakage_detection_and_cost(
     assert res["false_positives"] == {"honest_rounds": 1, "flagged": 0, "rate": 0.0}
     assert row["seconds_per_user"] > 0 and row["wall_s"] > 0
     assert (tmp_path / "runs" / row["run_id"] / "store.sqlite").exists()
+    # The result is kept beside its runs; --from re-renders it (table, figure) without running anything.
+    saved = Path(res["saved"])
+    assert saved.parent == (tmp_path / "runs").resolve() and json.loads(saved.read_text())["rows"] == res["rows"]
+    code, out, err = _cli(capsys, monkeypatch, "--from", str(saved), "--figure", str(tmp_path / "fig.png"),
+                          "--doc", str(tmp_path / "B.md"))
+    assert code == 0, err
+    assert "inconsistency" in out and (tmp_path / "fig.png").stat().st_size > 0
+    assert "<!-- bench-adversary:fedsgd:b8:begin -->" in (tmp_path / "B.md").read_text()

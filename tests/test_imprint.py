@@ -216,3 +216,22 @@ def test_the_priors_cleaning_keeps_a_face_at_low_noise_and_redraws_a_blend_at_hi
     a, b = clean_with_prior(blend, prior, 1.0, steps=5), clean_with_prior(blend, prior, 1.0, steps=5)
     assert torch.equal(a, b) and float(a.abs().max()) <= 1.0 and psnr(a, blend.clamp(-1, 1)) < 30
     assert clean_with_prior(blend[:0], prior, 1.0).shape == (0, 3, 32, 32)
+
+
+def test_spread_direction_finds_where_one_person_varies_not_where_people_differ() -> None:
+    # Known answer: people differ along axis 0 only, each person's photos vary along axis 1 only (and a little noise).
+    from attacks.imprint import spread_direction
+
+    gen = torch.Generator().manual_seed(0)
+    groups = []
+    for _ in range(40):
+        centre = torch.zeros(3, 4, 4)
+        centre.view(-1)[0] = 5 * torch.randn(1, generator=gen)
+        photos = centre.repeat(6, 1, 1, 1)
+        spread = torch.randn(6, generator=gen)
+        photos.view(6, -1)[:, 1] += spread - spread.mean()  # each person's own variation, about their centre
+        groups.append(photos + 1e-3 * torch.randn(photos.shape, generator=gen))
+    m = spread_direction(groups, rank=8)
+    assert abs(float(m.norm()) - 1) < 1e-9 and abs(float(m[1])) > 0.99 and abs(float(m[0])) < 0.01
+    with pytest.raises(ValueError, match="two identities"):
+        spread_direction(groups[:1])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -135,16 +135,21 @@ def bench_adversary_cmd(users: int = typer.Option(20, "--users", min=8),
                         figure: Optional[Path] = typer.Option(None, "--figure", help="PNG: per user, photos | curious "
                                                               "reconstructions | malicious recoveries"),
                         doc: Optional[Path] = typer.Option(None, "--doc", help="write the table into this markdown "
-                                                           "file (between <!-- bench-adversary:PROTOCOL:begin/end -->)"),
+                                                           "file (between <!-- bench-adversary:PROTOCOL:bSIZES:begin/end"
+                                                           " -->)"),
+                        from_: Optional[Path] = typer.Option(None, "--from", help="re-render a saved result "
+                                                             "(RUNS_DIR/adversary-*.json) instead of running"),
                         as_json: bool = typer.Option(False, "--json")) -> None:
     """A malicious server's tactics (imprint, inconsistency) beside the curious server, per client defense (none,
     DP-SGD, SecAgg+, model_check), each cell a real federation: leakage, detection and cost."""
     from attacks.methods import ATTACKS
     from fl_sim.experiments.adversary_bench import CELLS, Plan, bench_adversary, check_plan
-    from fl_sim.experiments.adversary_report import adversary_figure, adversary_lines, adversary_markdown
-    from fl_sim.experiments.bench import write_doc_section
     from fl_sim.experiments.progress import Bar
 
+    if from_ is not None:
+        res = _saved(from_)
+        _adversary_outputs(res, figure, doc, as_json)
+        return
     wanted = tuple(m.strip() for m in methods.split(",") if m.strip())
     unknown = [m for m in wanted if m not in ATTACKS]
     if unknown or not wanted:
@@ -175,10 +180,31 @@ def bench_adversary_cmd(users: int = typer.Option(20, "--users", min=8),
 
         res = bench_adversary(plan, runs_dir, say, chosen)
         bar.step(total, total)
+    err.print(f"result saved: {res['saved']}")
+    _adversary_outputs(res, figure, doc, as_json)
+
+
+def _saved(path: Path) -> dict[str, Any]:
+    """A saved adversary bench result (one line naming --from when it is not one)."""
+    import json
+
+    try:
+        res = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise FlSimError(f"--from: cannot read {path}: {exc}") from None
+    if not isinstance(res, dict) or not isinstance(res.get("rows"), list) or "config" not in res:
+        raise FlSimError(f"--from: {path} is not a saved `fl-sim bench adversary` result")
+    return res
+
+
+def _adversary_outputs(res: dict[str, Any], figure: Optional[Path], doc: Optional[Path], as_json: bool) -> None:
+    from fl_sim.experiments.adversary_report import adversary_figure, adversary_lines, adversary_markdown, doc_key
+    from fl_sim.experiments.bench import write_doc_section
+
     if figure:
         err.print(f"figure: {adversary_figure(res, figure)}")
     if doc:
-        write_doc_section(doc, f"bench-adversary:{protocol}", adversary_markdown(res))
+        write_doc_section(doc, doc_key(res), adversary_markdown(res))
         err.print(f"table written to {doc}")
     if as_json:
         print_json(res)

@@ -224,13 +224,33 @@ def bench_adversary(plan: Plan, runs_dir: Path, progress: Callable[[str], None] 
                 rows.append(cell_row(st, cfg, plan, tactic, defense, batch, wall))
             finally:
                 st.close()
+    return save_result(summarise(plan, rows, runs_dir), runs_dir)
+
+
+def summarise(plan: Plan, rows: list[dict[str, Any]], runs_dir: Path) -> dict[str, Any]:
+    """The bench's result: its settings, the rows, and the false positives over every honest round of the bench."""
+    first = load_config(None, cell_overrides(plan, *CELLS[0], plan.batch_sizes[0]))
     honest = sum(r["honest_rounds"] for r in rows)
     flagged = sum(round((r["false_positive_rate"] or 0) * r["honest_rounds"]) for r in rows)
     return {"config": {"users": plan.users, "batch_sizes": list(plan.batch_sizes), "protocol": plan.protocol,
+                       "dataset": first.data.dataset, "image_size": first.data.image_size,
                        "warmup_rounds": plan.warmup, "targets": plan.targets, "methods": list(plan.methods),
                        "iterations": plan.iterations, "dp_noise_multiplier": plan.dp_noise,
                        "model_check_wait_s": plan.wait_s, "imprint_clean_noise": plan.clean_noise, "seed": plan.seed, "overrides": list(plan.overrides)},
             "rows": rows,
             "false_positives": {"honest_rounds": honest, "flagged": flagged,
                                 "rate": flagged / honest if honest else None},
-            "runs_dir": str(runs_dir)}
+            "runs_dir": str(runs_dir.resolve())}
+
+
+def save_result(res: dict[str, Any], runs_dir: Path) -> dict[str, Any]:
+    """Keep the result beside its runs (``adversary-<time>.json``: ``--from`` re-renders it); its path in ``saved``."""
+    import json
+
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    path = runs_dir / f"adversary-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    res = {**res, "saved": str(path.resolve())}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(res, indent=1, default=str))
+    tmp.replace(path)
+    return res

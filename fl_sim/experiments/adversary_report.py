@@ -25,11 +25,17 @@ def _cells(r: dict[str, Any]) -> list[str]:
             number(r["clients_detecting"], 2), fp, number(r["seconds_per_user"], 1), f"{r['wall_s']:.0f}"]
 
 
+def doc_key(res: dict[str, Any]) -> str:
+    """The markers a result's table sits between in a markdown file: one section per protocol and batch sizes."""
+    c = res["config"]
+    return f"bench-adversary:{c['protocol']}:b{'-'.join(map(str, c['batch_sizes']))}"
+
+
 def adversary_markdown(res: dict[str, Any]) -> str:
     c = res["config"]
     fp = res["false_positives"]
     chance = f"{res['rows'][0]['reid_chance']:.2f}" if res["rows"] else "1/users"
-    head = (f"{c['protocol']}, {c['users']} users of `synthfaces`, seed {c['seed']}; the attacked rounds follow "
+    head = (f"{c['protocol']}, {c['users']} users of `{c.get('dataset', 'synthfaces')}` at {c.get('image_size', 32)} px, seed {c['seed']}; the attacked rounds follow "
             f"{c['warmup_rounds']} honest rounds; inconsistency targets {c['targets']} users (one per round); user-level "
             f"attacks {', '.join(c['methods'])} at {c['iterations']} iterations, per user the best of them; DP-SGD "
             f"z = {c['dp_noise_multiplier']}; 95 % intervals over users; re-id by chance {chance}.")
@@ -86,8 +92,8 @@ def adversary_figure(res: dict[str, Any], path: Path, max_users: int = 4, photos
     users = list(dict.fromkeys(a["user"] for a in incons if a["user"]))[:max_users] or \
         list(dict.fromkeys(a["user"] for a in curious if a["user"]))[:max_users]
     methods = list(dict.fromkeys(a["method"] for a in curious))
-    size = 32
-    ds = open_dataset("synthfaces")
+    size = int(res["config"].get("image_size", 32))
+    ds = open_dataset(str(res["config"].get("dataset", "synthfaces")))
 
     def png(rel: str) -> np.ndarray:
         for key in by.values():

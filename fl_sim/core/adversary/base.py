@@ -105,6 +105,10 @@ class ImprintConfig:
     scale: float = _f(0.0, "imprint: the block's read-out scale (0: 0.3 for fedsgd, single-step updates; 0.03 for "
                            "fedavg, multi-step: see attacks/imprint.py imprint_parameters)", min=0.0)
     gain: float = _f(0.03, "imprint: the block's gain (activations are O(gain))", min_exclusive=0.0)
+    measurement: str = _f("spread", "imprint: what every bin unit measures — spread: the direction along which one "
+                                    "person's photos spread most relative to how people differ (from the public "
+                                    "faces) | random: a seeded random direction | mean: brightness",
+                          choices=("spread", "random", "mean"))
     public_identities: int = _f(256, "imprint: identities of the public synthfaces:prior split the bin thresholds "
                                      "are set from (never the users' photos)", min=8)
     clean_noise: float = _f(0.0, "imprint: also clean the mixed candidates (bins holding several photos) with the "

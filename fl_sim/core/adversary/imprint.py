@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from attacks.imprint import bin_thresholds, imprint_parameters, measurement_vector
+from attacks.imprint import bin_thresholds, imprint_parameters, measurement_vector, spread_direction
 from fl_sim.core.adversary.base import AdversaryRunView, Recovered, State, Tactic, register_tactic
 from fl_sim.core.errors import ConfigError
 
@@ -42,6 +42,7 @@ class Imprint(Tactic):
         self.public = 256
         self.seed = 0
         self.clean_noise = 0.0
+        self.measurement = "spread"
         self._block: State | None = None
 
     @classmethod
@@ -65,6 +66,7 @@ class Imprint(Tactic):
         self.public = int(conf.public_identities)
         self.seed = int(run.seed)
         self.clean_noise = float(conf.clean_noise)
+        self.measurement = str(conf.measurement)
 
     def attack_notes(self) -> dict[str, Any]:
         return {"clean_noise": self.clean_noise} if self.clean_noise else {}
@@ -76,8 +78,10 @@ class Imprint(Tactic):
 
             ds = open_dataset(PUBLIC)
             people = ds.users()[:self.public]
-            faces = torch.cat([ds.photos(p.user, self.shape[1]) for p in people])
-            m = measurement_vector(self.shape, "random", self.seed)
+            groups = [ds.photos(p.user, self.shape[1]) for p in people]
+            faces = torch.cat(groups)
+            m = spread_direction(groups) if self.measurement == "spread" else \
+                measurement_vector(self.shape, self.measurement, self.seed)
             c = bin_thresholds(faces, m, self.bins)
             w, b = imprint_parameters(self.shape, self.bins, c, m, gain=self.gain)
             self._block = {WEIGHT: w.numpy(), BIAS: b.numpy(),
