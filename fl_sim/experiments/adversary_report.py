@@ -89,8 +89,9 @@ def adversary_figure(res: dict[str, Any], path: Path, max_users: int = 4, photos
 
     curious, imprint = attacks(("curious", "none")), attacks(("imprint", "none"))
     incons = attacks(("inconsistency", "secagg"))
-    users = list(dict.fromkeys(a["user"] for a in incons if a["user"]))[:max_users] or \
-        list(dict.fromkeys(a["user"] for a in curious if a["user"]))[:max_users]
+    users: list[str] = []
+    for rows_ in (incons, curious, imprint):  # the inconsistency targets first: they appear in every column
+        users = users or list(dict.fromkeys(a["user"] for a in rows_ if a["user"]))[:max_users]
     methods = list(dict.fromkeys(a["method"] for a in curious))
     size = int(res["config"].get("image_size", 32))
     ds = open_dataset(str(res["config"].get("dataset", "synthfaces")))
@@ -100,13 +101,26 @@ def adversary_figure(res: dict[str, Any], path: Path, max_users: int = 4, photos
             p = runs / key["run_id"] / rel
             if p.exists():
                 return np.asarray(Image.open(p).convert("RGB"))
-        return np.full((size, size, 3), 128, np.uint8)
+        return np.full((size, size, 3), 235, np.uint8)
 
     def find(rows: list[dict[str, Any]], user: str, method: str) -> dict[str, Any] | None:
         return next((a for a in rows if a["user"] == user and a["method"] == method), None)
 
-    grey = np.full((size, size, 3), 128, np.uint8)
+    grey = np.full((size, size, 3), 235, np.uint8)  # nothing to show (no attack, no candidate): near-white
     gap = np.full((size, 4, 3), 255, np.uint8)
+
+    def framed(tile: np.ndarray, ok: bool | None) -> np.ndarray:
+        """A recovery with a 1-px frame: green at >= 25 dB against its matched photo, red below (None: no frame)."""
+        if ok is None:
+            return tile
+        out = tile.copy()
+        colour = (0, 200, 0) if ok else (220, 0, 0)
+        out[0, :], out[-1, :], out[:, 0], out[:, -1] = colour, colour, colour, colour
+        return out
+
+    groups = [(f"{photos} of the user's photos", photos), ("curious, no defense: " + ", ".join(methods), len(methods)),
+              ("imprint: matched recoveries (green >= 25 dB)", photos),
+              ("inconsistency under SecAgg+: " + ", ".join(methods), len(methods))]
     rows = []
     for u in users:
         tiles = list(to_uint8_hwc(ds.photos(u, size)[:photos]))
@@ -117,9 +131,10 @@ def adversary_figure(res: dict[str, Any], path: Path, max_users: int = 4, photos
         tiles.append(gap)
         a = find(imprint, u, "imprint")
         grid = png(a["image"]) if a else None
+        ok = {int(e["photo"]): bool(e["recovered"]) for e in (a["metrics"].get("photos") or [])} if a else {}
         for j in range(photos):  # the imprint PNG: matched recoveries above the photos, one column per photo
-            tiles.append(grid[:size, j * size:(j + 1) * size] if grid is not None and grid.shape[1] >= (j + 1) * size
-                         else grey)
+            have = grid is not None and grid.shape[1] >= (j + 1) * size and j in ok
+            tiles.append(framed(grid[:size, j * size:(j + 1) * size], ok[j]) if have and grid is not None else grey)
         tiles.append(gap)
         for m in methods:
             a = find(incons, u, m)
@@ -130,12 +145,12 @@ def adversary_figure(res: dict[str, Any], path: Path, max_users: int = 4, photos
     img = Image.fromarray(body).resize((body.shape[1] * scale, body.shape[0] * scale), Image.NEAREST)
     canvas = Image.new("RGB", (img.width, img.height + 18), "white")
     canvas.paste(img, (0, 18))
-    labels = [(0, f"{photos} of the user's photos"), ((photos * size + 4) * scale, "curious: " + ", ".join(methods)),
-              ((photos * size + 8 + len(methods) * size) * scale, "imprint: matched recoveries"),
-              ((2 * photos * size + 12 + len(methods) * size) * scale, "inconsistency under SecAgg+")]
     draw = ImageDraw.Draw(canvas)
-    for x, text in labels:
-        draw.text((x + 2, 3), text, fill="black")
+    x = 0
+    for text, n in groups:
+        if n:
+            draw.text((x * scale + 2, 3), text, fill="black")
+        x += n * size + 4
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
     return path
