@@ -53,6 +53,8 @@ def test_inconsistency_under_secagg_is_a_row_with_leakage_detection_and_cost(
     assert row["false_positive_rate"] == 0.0 and row["honest_rounds"] == 1
     assert res["false_positives"] == {"honest_rounds": 1, "flagged": 0, "rate": 0.0}
     assert row["seconds_per_user"] > 0 and row["wall_s"] > 0
+    (ref,) = res["references"]  # what 25 dB means on these faces: the user's mean photo as the one candidate
+    assert ref["batch_size"] == 8 and 0 <= ref["mean_photo_photos_recovered"] <= 1 / 8 and ref["users"] == 8
     assert (tmp_path / "runs" / row["run_id"] / "store.sqlite").exists()
     # The result is kept beside its runs; --from re-renders it (table, figure) without running anything.
     saved = Path(res["saved"])

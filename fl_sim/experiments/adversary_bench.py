@@ -224,7 +224,34 @@ def bench_adversary(plan: Plan, runs_dir: Path, progress: Callable[[str], None] 
                 rows.append(cell_row(st, cfg, plan, tactic, defense, batch, wall))
             finally:
                 st.close()
-    return save_result(summarise(plan, rows, runs_dir), runs_dir)
+    res = summarise(plan, rows, runs_dir)
+    res["references"] = [mean_photo_reference(plan, b) for b in plan.batch_sizes]
+    return save_result(res, runs_dir)
+
+
+def mean_photo_reference(plan: Plan, batch: int) -> dict[str, Any]:
+    """What 25 dB means on these faces: each user's *mean* photo as the one candidate (no attack, no update) —
+    the share of their photos it "recovers" under the bench's rule (one photo per candidate), and the share of
+    photos within 25 dB of it. A reconstruction of the user's average look can pass the threshold this often."""
+    import numpy as np
+    import torch
+
+    from fl_sim.core.data import open_dataset
+    from fl_sim.core.scoring import RECOVERED_PSNR
+    from fl_sim.federation import prepare_users
+
+    cfg = load_config(None, cell_overrides(plan, *CELLS[0], batch))
+    ds = open_dataset(cfg.data.dataset)
+    one, within = [], []
+    for u in prepare_users(cfg):
+        photos = ds.photos(u.user, cfg.data.image_size)[:batch].float()
+        mse = ((photos - photos.mean(0, keepdim=True)) ** 2).flatten(1).mean(1).clamp_min(1e-10)
+        db = 10 * torch.log10(4.0 / mse)
+        one.append(float(db.max() >= RECOVERED_PSNR) / len(photos))
+        within.append(float((db >= RECOVERED_PSNR).float().mean()))
+    return {"batch_size": batch, "mean_photo_photos_recovered": float(np.mean(one)),
+            "photos_within_25db_of_mean_photo": float(np.mean(within)),
+            "users_with_a_photo_within_25db_of_mean": int(sum(v > 0 for v in one)), "users": len(one)}
 
 
 def summarise(plan: Plan, rows: list[dict[str, Any]], runs_dir: Path) -> dict[str, Any]:

@@ -5,24 +5,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fl_sim.core.fmt import number
 
 COLUMNS = ("tactic", "defense", "batch", "photos ≥25 dB", "… mixed bins prior-cleaned", "re-id top-1", "detected", "clients detecting",
            "honest rounds flagged", "s/user", "wall s")
 
 
-def _ci(v: Any, ci: Any) -> str:
+def _ci(v: Any, ci: Any, digits: int = 2) -> str:
     if v is None:
         return "–"
-    return f"{v:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{v:.2f}"
+    return f"{v:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else f"{v:.{digits}f}"
+
+
+def _num(v: Any, digits: int) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
 
 
 def _cells(r: dict[str, Any]) -> list[str]:
     fp = f"{round((r['false_positive_rate'] or 0) * r['honest_rounds'])}/{r['honest_rounds']}"
-    return [r["tactic"], r["defense"], str(r["batch_size"]), _ci(r["photos_recovered"], r["photos_recovered_ci"]),
-            _ci(r.get("photos_recovered_cleaned"), r.get("photos_recovered_cleaned_ci")),
-            _ci(r["reid_top1"], r["reid_top1_ci"]), number(r["detected"], 2) if r["tactic"] != "curious" else "–",
-            number(r["clients_detecting"], 2), fp, number(r["seconds_per_user"], 1), f"{r['wall_s']:.0f}"]
+    # Shares of photos to 3 places: the curious server's ceiling is one photo in 32 per user.
+    return [r["tactic"], r["defense"], str(r["batch_size"]), _ci(r["photos_recovered"], r["photos_recovered_ci"], 3),
+            _ci(r.get("photos_recovered_cleaned"), r.get("photos_recovered_cleaned_ci"), 3),
+            _ci(r["reid_top1"], r["reid_top1_ci"]), _num(r["detected"], 2) if r["tactic"] != "curious" else "–",
+            _num(r["clients_detecting"], 2), fp, _num(r["seconds_per_user"], 2), f"{r['wall_s']:.0f}"]
 
 
 def doc_key(res: dict[str, Any]) -> str:
@@ -50,6 +54,12 @@ def adversary_markdown(res: dict[str, Any]) -> str:
                          f"{c2['mixed_recovered_cleaned']} after the prior's cleaning (noise std "
                          f"{res['config'].get('imprint_clean_noise')}).")
     lines += [""] + notes if notes else []
+    for ref in res.get("references", []):
+        lines += ["", f"Reference (batch {ref['batch_size']}): each user's *mean photo*, taken as the one candidate, "
+                      f"\"recovers\" {ref['mean_photo_photos_recovered']:.3f} of their photos under the same rule "
+                      f"({ref['users_with_a_photo_within_25db_of_mean']} of {ref['users']} users have a photo within "
+                      f"25 dB of it; {ref['photos_within_25db_of_mean_photo']:.2f} of all photos are) — what a "
+                      f"reconstruction of the user's average look scores without recovering any one photo."]
     lines += ["", f"Honest rounds flagged by any client over the whole bench (the imprint detector's and the digest "
                   f"check's false positives): {fp['flagged']} of {fp['honest_rounds']}."]
     return "\n".join(lines)
@@ -60,6 +70,9 @@ def adversary_lines(res: dict[str, Any]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
     out = ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
     fp = res["false_positives"]
+    for ref in res.get("references", []):
+        out.append(f"reference, batch {ref['batch_size']}: the user's mean photo as the one candidate recovers "
+                   f"{ref['mean_photo_photos_recovered']:.3f} of their photos at >= 25 dB")
     out.append(f"honest rounds flagged over the bench: {fp['flagged']} of {fp['honest_rounds']}")
     return out
 
@@ -143,7 +156,7 @@ def adversary_figure(res: dict[str, Any], path: Path, max_users: int = 4, photos
     body = np.concatenate(rows, axis=0) if rows else np.full((size, size, 3), 255, np.uint8)
     scale = 3
     img = Image.fromarray(body).resize((body.shape[1] * scale, body.shape[0] * scale), Image.NEAREST)
-    canvas = Image.new("RGB", (img.width, img.height + 18), "white")
+    canvas = Image.new("RGB", (img.width + 80, img.height + 18), "white")  # room for the last label
     canvas.paste(img, (0, 18))
     draw = ImageDraw.Draw(canvas)
     x = 0
