@@ -13,6 +13,20 @@ from fl_sim.core.errors import FlSimError
 app = typer.Typer(no_args_is_help=True, help="Benchmarks (numbers go to docs/BENCHMARKS.md).")
 
 
+def _methods_and_protocol(methods: str, protocol: str) -> list[str]:
+    """--methods as a list of registered attacks and --protocol checked (one line naming the option otherwise)."""
+    from attacks.methods import ATTACKS
+
+    wanted = [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = [m for m in wanted if m not in ATTACKS]
+    if unknown or not wanted:
+        raise FlSimError(f"--methods: unknown attack(s) {', '.join(unknown) or '(none given)'} "
+                         f"(known: {', '.join(sorted(ATTACKS))})")
+    if protocol not in ("fedsgd", "fedavg"):
+        raise FlSimError(f"--protocol: {protocol!r} is not fedsgd or fedavg")
+    return wanted
+
+
 @app.command("federation")
 def bench_federation(as_json: bool = typer.Option(False, "--json"),
                      rounds: Optional[int] = typer.Option(None, "--rounds", help="default 6 (16 with --attacks)"),
@@ -72,19 +86,12 @@ def bench_attack_cmd(users: int = typer.Option(20, "--users"), batch_sizes: str 
                                                         "(between <!-- bench-attack:PROTOCOL:begin/end --> markers)"),
                      as_json: bool = typer.Option(False, "--json")) -> None:
     """Attack every user's update with each method, same model and seeds; score with the face evaluators."""
-    from attacks.methods import ATTACKS
     from fl_sim.core.data import open_dataset
     from fl_sim.experiments.attack_bench import attack_figure, attack_markdown, bench_attack
     from fl_sim.experiments.bench import write_doc_section
     from fl_sim.experiments.bench_reports import attack_bench_report
 
-    wanted = [m.strip() for m in methods.split(",") if m.strip()]
-    unknown = [m for m in wanted if m not in ATTACKS]
-    if unknown or not wanted:
-        raise FlSimError(f"--methods: unknown attack(s) {', '.join(unknown) or '(none given)'} "
-                         f"(known: {', '.join(sorted(ATTACKS))})")
-    if protocol not in ("fedsgd", "fedavg"):
-        raise FlSimError(f"--protocol: {protocol!r} is not fedsgd or fedavg")
+    wanted = _methods_and_protocol(methods, protocol)
     sizes, rnds = int_list("--batch-sizes", batch_sizes, 1), int_list("--round", rounds, 0)
     if users < 2:
         raise FlSimError(f"--users: re-identification needs at least 2 users, got {users}")
@@ -142,7 +149,6 @@ def bench_adversary_cmd(users: int = typer.Option(20, "--users", min=8),
                         as_json: bool = typer.Option(False, "--json")) -> None:
     """A malicious server's tactics (imprint, inconsistency) beside the curious server, per client defense (none,
     DP-SGD, SecAgg+, model_check), each cell a real federation: leakage, detection and cost."""
-    from attacks.methods import ATTACKS
     from fl_sim.experiments.adversary_bench import CELLS, Plan, bench_adversary, check_plan
     from fl_sim.experiments.progress import Bar
 
@@ -150,13 +156,7 @@ def bench_adversary_cmd(users: int = typer.Option(20, "--users", min=8),
         res = _saved(from_)
         _adversary_outputs(res, figure, doc, as_json)
         return
-    wanted = tuple(m.strip() for m in methods.split(",") if m.strip())
-    unknown = [m for m in wanted if m not in ATTACKS]
-    if unknown or not wanted:
-        raise FlSimError(f"--methods: unknown attack(s) {', '.join(unknown) or '(none given)'} "
-                         f"(known: {', '.join(sorted(ATTACKS))})")
-    if protocol not in ("fedsgd", "fedavg"):
-        raise FlSimError(f"--protocol: {protocol!r} is not fedsgd or fedavg")
+    wanted = tuple(_methods_and_protocol(methods, protocol))
     chosen = CELLS
     if cells.strip():
         pairs = [tuple(c.strip().split("/", 1)) for c in cells.split(",") if c.strip()]
