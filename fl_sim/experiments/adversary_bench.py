@@ -78,12 +78,12 @@ def cell_overrides(plan: Plan, tactic: str, defense: str, batch: int) -> list[st
     if tactic == "curious":
         out.append(f"attack.rounds={rs}")
     else:
-        # The tactic's rounds are crafted: the curious server never attacks them as honest rounds, only the
-        # tactic's recovered updates are attacked (so attack.rounds only names a crafted round).
         # Cleaning answers "does the prior help a clean read?": only without a defense (under DP-SGD every bin is
         # noise, and cleaning them all would cost the whole bench's time for nothing to measure).
         if tactic == "imprint" and defense == "none" and plan.clean_noise:
             out.append(f"adversary.imprint.clean_noise={plan.clean_noise}")
+        # The tactic's rounds are crafted: the curious server never attacks them as honest rounds, only the
+        # tactic's recovered updates are attacked (so attack.rounds only names a crafted round).
         out += ["adversary.mode=malicious", f"adversary.tactic={tactic}", f"adversary.rounds={rs}",
                 f"attack.rounds={first}",
                 "adversary.users=" + ("all" if tactic == "imprint" else f"sample:{plan.targets}")]
