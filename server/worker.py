@@ -238,7 +238,7 @@ class AttackWorker:
         from PIL import Image
 
         from fl_sim.core.evaluators.face import to_uint8_hwc
-        from fl_sim.core.scoring import best_photo_psnr, score, score_photos
+        from fl_sim.core.scoring import RECOVERED_PSNR, best_photo_psnr, score, score_photos
 
         if target is None:
             raise ValueError("an imprint read-out is one user's")
@@ -254,8 +254,8 @@ class AttackWorker:
                                   "mixed": len(idx),
                                   "mixed_best_psnr_raw": sum(raw_best) / len(idx) if idx else None,
                                   "mixed_best_psnr_cleaned": sum(clean_best) / len(idx) if idx else None,
-                                  "mixed_recovered_raw": sum(v >= 25.0 for v in raw_best),
-                                  "mixed_recovered_cleaned": sum(v >= 25.0 for v in clean_best)}
+                                  "mixed_recovered_raw": sum(v >= RECOVERED_PSNR for v in raw_best),
+                                  "mixed_recovered_cleaned": sum(v >= RECOVERED_PSNR for v in clean_best)}
         image = None
         if pairs:
             best = max(metrics["photos"], key=lambda e: e["psnr"])
