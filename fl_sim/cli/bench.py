@@ -123,8 +123,9 @@ def bench_adversary_cmd(users: int = typer.Option(20, "--users", min=8),
                                                         "batch (the embedded faces hold 80 per identity)"),
                         protocol: str = typer.Option("fedsgd", "--protocol"),
                         warmup: int = typer.Option(4, "--warmup", min=0, help="honest rounds before the attacked ones"),
-                        targets: int = typer.Option(10, "--targets", min=1, help="inconsistency: users targeted, one "
-                                                    "per round (the curious aggregate attack runs in the same rounds)"),
+                        targets: Optional[int] = typer.Option(None, "--targets", min=1, help="inconsistency: users "
+                                                              "targeted, one per round (the curious aggregate attack "
+                                                              "runs in the same rounds; default: 10, at most --users)"),
                         methods: str = typer.Option("ig,diffusion", "--methods", help="the user-level attacks (the "
                                                     "curious server's, and on inconsistency's recovered update)"),
                         iterations: int = typer.Option(400, "--iterations", min=1),
@@ -166,7 +167,7 @@ def bench_adversary_cmd(users: int = typer.Option(20, "--users", min=8),
                              f"({', '.join(t + '/' + d for t, d in CELLS)})")
         chosen = tuple(p for p in CELLS if p in pairs)
     plan = Plan(users=users, batch_sizes=tuple(int_list("--batch-sizes", batch_sizes, 1)), protocol=protocol,
-                warmup=warmup, targets=targets, methods=wanted, iterations=iterations, dp_noise=dp_noise,
+                warmup=warmup, targets=targets if targets is not None else min(10, users), methods=wanted, iterations=iterations, dp_noise=dp_noise,
                 wait_s=wait_s, clean_noise=clean_noise, seed=seed, overrides=tuple(set_ or []))
     check_plan(plan)
     with Bar(err, "cells") as bar:
