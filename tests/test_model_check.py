@@ -163,8 +163,10 @@ def test_inconsistency_is_flagged_in_every_crafted_round(tmp_path: Path) -> None
         assert sorted(by_user) == ["user00", "user01", "user02", "user03"]
         flagged = sorted(u for u, r in by_user.items() if r["inconsistent"])
         assert flagged, rnd  # at least one client saw the mismatch
-        # Who could compare: every client but the first to log saw >= 1 digest, and any of them flags the round.
-        assert sorted(r["saw"] for r in by_user.values()) == [0, 1, 2, 3]
+        # Who could compare: the k-th client to log saw at least k - 1 other digests (two clients on concurrent
+        # actors may both log before either reads, so equal counts happen), and any of them flags the round.
+        saw = sorted(r["saw"] for r in by_user.values())
+        assert all(i <= n <= 3 for i, n in enumerate(saw)), saw
         assert all(by_user[u]["saw"] > 0 for u in flagged)
         assert len({r["digest"] for r in by_user.values()}) == 2  # two models went out
         assert not any(r["refused"] for r in by_user.values())
@@ -173,7 +175,7 @@ def test_inconsistency_is_flagged_in_every_crafted_round(tmp_path: Path) -> None
     from fl_sim.experiments.sweep import run_summary
 
     doc, lines = inspect_report(run["dir"])
-    assert doc["detected"] == 1.0 and [r["could_compare"] for r in doc["detection"]] == [3, 3]
+    assert doc["detected"] == 1.0 and all(r["could_compare"] >= 3 for r in doc["detection"])
     assert sum("model check (inconsistency on user01)" in str(x) for x in lines) == 2, lines
     assert run_summary(run["dir"])["detected"] == 1.0
     # action=flag changes nothing: the attack runs on the recovered update.
