@@ -18,9 +18,14 @@ demo: $(STAMP)
 	$(BIN)/fl-sim demo
 
 # The strict type check (ground floor + attacks, see pyproject [tool.mypy]), then the suite (layering rule included).
+# Debian's chromium is the real browser of the web view's tests (Playwright drives it; it downloads none).
 # docker-compose (Debian) lets tests/test_compose.py run `docker-compose config` (no daemon needed); where it
 # cannot be installed (not root, no apt), that one check skips and says why.
 test: $(STAMP)
+	@command -v chromium >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null; } || \
+	  echo "make test: no chromium; the web view's browser tests (tests/test_web_browser.py) skip"
 	@command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || \
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null; } || \
 	  echo "make test: no docker-compose; tests/test_compose.py skips its 'compose config' check"

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from fl_sim.cli import audit, bench, config, data, deploy, prior, run, runs
+from fl_sim.cli import audit, bench, config, data, deploy, prior, run, runs, serve
 from fl_sim.cli.common import err
 from fl_sim.core.errors import FlSimError
 
@@ -20,6 +20,7 @@ app.add_typer(deploy.app, name="deploy")
 audit.register(app)  # fl-sim audit: visual privacy audit of DP-SGD (fl_sim/experiments/audit)
 run.register(app)    # run, sweep, demo
 runs.register(app)   # runs, export, inspect
+serve.register(app)  # serve: the web view (fl_sim/web)
 
 
 def main() -> None:

@@ -111,10 +111,10 @@ class RunStore:
             self._db.executescript(SCHEMA)
         self._db.row_factory = sqlite3.Row
 
-    def _read(self, sql: str) -> list[sqlite3.Row]:
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         """A query's rows; a corrupt, truncated or locked file is a one-line ``StoreError`` naming it."""
         try:
-            return list(self._db.execute(sql).fetchall())
+            return list(self._db.execute(sql, args).fetchall())
         except sqlite3.Error as exc:
             raise StoreError(self.path, f"unreadable run store ({exc})") from None
 
@@ -278,6 +278,38 @@ class RunStore:
                 if isinstance(checks.get(name), dict):
                     out.setdefault(int(u["round"]), {})[str(user)] = checks[name]
         return out
+
+    def counts(self) -> dict[str, Any]:
+        """Rounds recorded, and attacks by status (pending ones of a run that is over read ``unfinished``)."""
+        rounds = int(self._read("SELECT COUNT(*) FROM rounds")[0][0])
+        attacks = {str(r[0]): int(r[1]) for r in self._read("SELECT status, COUNT(*) FROM attacks GROUP BY status")}
+        if any(s in attacks for s in _PENDING) and self.status() != RUNNING:
+            attacks[UNFINISHED] = attacks.get(UNFINISHED, 0) + sum(attacks.pop(s, 0) for s in _PENDING)
+        return {"rounds": rounds, "attacks": attacks}
+
+    def last_accuracy(self) -> float | None:
+        """The last recorded round's held-out accuracy (None: no round yet, or no utility evaluation)."""
+        rows = self._read("SELECT accuracy FROM rounds ORDER BY round DESC LIMIT 1")
+        return None if not rows or rows[0][0] is None else float(rows[0][0])
+
+    def epsilons(self) -> dict[tuple[int, str], float]:
+        """Each (round, user)'s DP-SGD epsilon after that round, for the updates that report one."""
+        # LIKE narrows the rows in SQL; the JSON is parsed here (the stored JSON may hold NaN, which SQLite's rejects).
+        out: dict[tuple[int, str], float] = {}
+        for r in self._read("SELECT round, user, metrics FROM updates "
+                            "WHERE user IS NOT NULL AND metrics LIKE '%\"dp-epsilon\"%'"):
+            try:
+                eps = json.loads(r[2]).get("dp-epsilon")
+            except ValueError as exc:
+                raise StoreError(self.path, f"unreadable run store (bad JSON: {exc})") from None
+            if eps is not None:
+                out[(int(r[0]), str(r[1]))] = float(eps)
+        return out
+
+    def attack_image(self, attack_id: int) -> str | None:
+        """The image path (relative to the run folder) attack ``attack_id`` recorded; None: no such attack or image."""
+        rows = self._read("SELECT image FROM attacks WHERE id = ?", (int(attack_id),))
+        return str(rows[0][0]) if rows and rows[0][0] else None
 
     def workers(self) -> list[dict[str, Any]]:
         """Each start of the attack worker, in order (a store written before workers were recorded: none)."""

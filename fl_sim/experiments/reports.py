@@ -173,3 +173,5 @@ def demo_report(run_dir: Path, runs_dir: Path) -> Iterator[RenderableType]:
     yield f"  fl-sim export {run_dir.name} --runs-dir {runs_dir}   # everything about the run, as JSON"
     yield f"  fl-sim runs --runs-dir {runs_dir}                       # every run and its status"
     yield f"  {run_dir / 'store.sqlite'}   # the run store (SQLite)"
+    yield "\nbrowse it (every attacked round per user, live while a run goes; Ctrl-C stops the server):"
+    yield f"  fl-sim serve --runs-dir {runs_dir}    # then open http://127.0.0.1:8765/runs/{run_dir.name}"

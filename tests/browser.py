@@ -1,0 +1,69 @@
+"""Real headless Chromium (Debian's) driven by Playwright, and `fl-sim serve` on the loopback, for the web tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import FL_SIM
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Chromium on this machine's closed network: no background connections, no sandbox as root, a fresh profile.
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def served(runs_dir: Path, port: int | None = None, extra: list[str] | None = None) -> Iterator[str]:
+    """`fl-sim serve` on 127.0.0.1 in its own process group; yields its base URL and stops it (by its pid)."""
+    port = port or free_port()
+    proc = subprocess.Popen([str(FL_SIM), "serve", "--runs-dir", str(runs_dir), "--port", str(port), *(extra or [])],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(base + "/api/runs", timeout=2).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"fl-sim serve did not start: {proc.stdout.read().decode() if proc.stdout else ''}")
+                time.sleep(0.2)
+        yield base
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@contextmanager
+def chromium(width: int = 1360, height: int = 900) -> Iterator[Any]:
+    """A page in headless Debian Chromium (Playwright drives the installed browser; it downloads none)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            yield page
+        finally:
+            browser.close()
