@@ -67,3 +67,23 @@ def chromium(width: int = 1360, height: int = 900) -> Iterator[Any]:
             yield page
         finally:
             browser.close()
+
+
+def screenshots(runs_dir: Path, run_id: str, user: str, out_dir: Path) -> list[Path]:
+    """docs/'s screenshots: the run page and one user's page of ``run_id``, full length, as a user sees them."""
+    shots = []
+    with served(runs_dir) as base, chromium(width=1280, height=800) as page:
+        for name, path in (("web_run.png", f"/runs/{run_id}"), ("web_user.png", f"/runs/{run_id}/users/{user}")):
+            page.goto(base + path)
+            page.wait_for_load_state("networkidle")
+            if name == "web_run.png":
+                page.wait_for_selector("#mark-within:not([hidden])", timeout=120_000)
+            page.screenshot(path=str(out_dir / name), full_page=True)
+            shots.append(out_dir / name)
+    return shots
+
+
+if __name__ == "__main__":  # python -m tests.browser RUNS_DIR RUN_ID USER OUT_DIR
+    import sys
+
+    print(*screenshots(Path(sys.argv[1]), sys.argv[2], sys.argv[3], Path(sys.argv[4])), sep="\n")

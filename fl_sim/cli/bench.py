@@ -1,4 +1,4 @@
-"""`fl-sim bench federation | deploy | attack`: the benchmarks whose numbers go to docs/BENCHMARKS.md."""
+"""`fl-sim bench federation | deploy | attack | adversary | web`: the benchmarks whose numbers go to docs/BENCHMARKS.md."""
 
 from __future__ import annotations
 
@@ -211,3 +211,24 @@ def _adversary_outputs(res: dict[str, Any], figure: Optional[Path], doc: Optiona
         print_json(res)
         return
     print_all(adversary_lines(res))
+
+
+@app.command("web")
+def bench_web_cmd(users: int = typer.Option(100, "--users", min=1, max=5000),
+                  rounds: int = typer.Option(10, "--rounds", min=1, max=200, help="attacked rounds"),
+                  methods: str = typer.Option("ig,diffusion", "--methods"),
+                  repeats: int = typer.Option(5, "--repeats", min=1, max=100),
+                  as_json: bool = typer.Option(False, "--json")) -> None:
+    """The web view on a users × attacked-rounds store: seconds per page (cold and median), over real HTTP."""
+    from fl_sim.web.bench import bench_web
+
+    wanted = _methods_and_protocol(methods, "fedavg")
+    res = bench_web(users, rounds, tuple(wanted), repeats)
+    if as_json:
+        print_json(res)
+        return
+    out.print(f"{res['users']} users × {res['attacked_rounds']} attacked rounds × {len(res['methods'])} methods = "
+              f"{res['attacks']} attacks; store {res['store_mb']:.1f} MB ({res['note']})", markup=False)
+    for r in res["rows"]:
+        out.print(f"  {r['page']:<20} cold {r['cold_s']:.3f} s   median {r['median_s']:.3f} s   "
+                  f"max {r['max_s']:.3f} s   {r['bytes'] / 1024:.0f} KB", markup=False)
