@@ -291,3 +291,14 @@ def test_colour_scale_ends_and_folder_gate(tmp_path: Path) -> None:
     for bad in ("..", "../x", "/etc", "a/..", "a/b", ".hidden", "file", "missing", "", "x" * 200):
         with pytest.raises(NotFound):
             folder(tmp_path, bad)
+
+
+def test_bench_web_times_every_page_over_http() -> None:
+    r = subprocess.run([str(FL_SIM), "bench", "web", "--users", "3", "--rounds", "2", "--repeats", "1", "--json"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["attacks"] == 3 * 2 * 2 and {row["page"] for row in doc["rows"]} >= {"run page", "user page"}
+    assert all(row["median_s"] > 0 and row["bytes"] > 0 for row in doc["rows"] if row["page"] != "progress JSON")
+    bad = subprocess.run([str(FL_SIM), "bench", "web", "--methods", "nope"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--methods" in bad.stderr and "Traceback" not in bad.stderr
