@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -49,16 +48,9 @@ PRIOR = typer.Option("faces32", "--prior", help="faces32 (embedded) | a diffuser
 
 def print_json(obj: Any) -> None:
     """Indented JSON on stdout; NaN and infinities become null (strict JSON readers reject them)."""
-    def clean(o: Any) -> Any:
-        if isinstance(o, float) and not math.isfinite(o):
-            return None
-        if isinstance(o, dict):
-            return {k: clean(v) for k, v in o.items()}
-        if isinstance(o, (list, tuple)):
-            return [clean(v) for v in o]
-        return o
+    from fl_sim.core.fmt import json_safe
 
-    sys.stdout.write(json.dumps(clean(obj), indent=2) + "\n")
+    sys.stdout.write(json.dumps(json_safe(obj), indent=2) + "\n")
 
 
 def print_all(items: Iterable[RenderableType], console: Console = out) -> None:

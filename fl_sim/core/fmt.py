@@ -30,3 +30,14 @@ def format_ci(value: float | None, ci: Sequence[float] | None, nd: int = 2) -> s
     if not ci:
         return f"{value:.{nd}f}"
     return f"{value:.{nd}f} [{ci[0]:.{nd}f}, {ci[1]:.{nd}f}]"
+
+
+def json_safe(value: Any) -> Any:
+    """The same structure with NaN and infinities as None, recursively (strict JSON readers reject them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

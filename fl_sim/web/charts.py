@@ -41,6 +41,41 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return [round(first + i * step, 10) for i in range(int((hi - first) / step + 1e-9) + 1)]
 
 
+class _Frame:
+    """A chart's plot area: data -> pixel maps, and the gridlines, ticks, labels and frame drawn around it."""
+
+    def __init__(self, width: int, height: int, margins: tuple[int, int, int, int],
+                 xr: tuple[float, float], yr: tuple[float, float]) -> None:
+        self.width, self.height = width, height
+        self.ml, mr, self.mt, mb = margins
+        self.pw, self.ph = width - self.ml - mr, height - self.mt - mb
+        self.x0, self.x1 = xr
+        self.y0, self.y1 = yr
+
+    def sx(self, x: float) -> float:
+        return self.ml + (x - self.x0) / (self.x1 - self.x0) * self.pw
+
+    def sy(self, y: float) -> float:
+        return self.mt + self.ph - (y - self.y0) / (self.y1 - self.y0) * self.ph
+
+    def axes(self, x_ticks: list[float], x_label: str, y_label: str, aria: str) -> list[str]:
+        """The SVG's opening tag, y gridlines with their ticks, x ticks, both axis labels and the frame."""
+        ml, mt, pw, ph = self.ml, self.mt, self.pw, self.ph
+        out = [f'<svg class="chart" viewBox="0 0 {self.width} {self.height}" width="{self.width}" '
+               f'height="{self.height}" role="img" aria-label="{escape(aria)}">']
+        for t in _ticks(self.y0, self.y1):
+            out.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{self.sy(t):.1f}" y2="{self.sy(t):.1f}" class="grid"/>'
+                       f'<text x="{ml - 6}" y="{self.sy(t) + 4:.1f}" class="tick" text-anchor="end">{t:g}</text>')
+        for t in x_ticks:
+            out.append(f'<text x="{self.sx(t):.1f}" y="{mt + ph + 16}" class="tick" text-anchor="middle">{t:g}</text>')
+        out.append(f'<text x="{ml + pw / 2}" y="{self.height - 6}" class="axis" text-anchor="middle">'
+                   f'{escape(x_label)}</text>')
+        out.append(f'<text x="14" y="{mt + ph / 2}" class="axis" text-anchor="middle" '
+                   f'transform="rotate(-90 14 {mt + ph / 2})">{escape(y_label)}</text>')
+        out.append(f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" class="frame"/>')
+        return out
+
+
 def line_chart(series: list[dict[str, Any]], *, x_label: str, y_label: str, width: int = 460, height: int = 220,
                y_range: tuple[float, float] | None = None) -> str:
     """An SVG line chart: ``series`` = [{"name", "colour", "points": [(x, y), ...]}]; points with y None are gaps.
@@ -55,27 +90,10 @@ def line_chart(series: list[dict[str, Any]], *, x_label: str, y_label: str, widt
     y0, y1 = y_range if y_range else (min(ys), max(ys))
     if y0 == y1:
         y0, y1 = y0 - 0.5, y1 + 0.5
-    ml, mr, mt, mb = 52, 14, 12, 40
-    pw, ph = width - ml - mr, height - mt - mb
-
-    def sx(x: float) -> float:
-        return ml + (x - x0) / (x1 - x0) * pw
-
-    def sy(y: float) -> float:
-        return mt + ph - (y - y0) / (y1 - y0) * ph
-
-    out = [f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
-           f'aria-label="{escape(y_label)} per {escape(x_label)}">']
-    for t in _ticks(y0, y1):
-        out.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" class="grid"/>'
-                   f'<text x="{ml - 6}" y="{sy(t) + 4:.1f}" class="tick" text-anchor="end">{t:g}</text>')
-    xt = sorted({round(x) for x in xs}) if len({round(x) for x in xs}) <= 12 else _ticks(x0, x1, 8)
-    for t in xt:
-        out.append(f'<text x="{sx(t):.1f}" y="{mt + ph + 16}" class="tick" text-anchor="middle">{t:g}</text>')
-    out.append(f'<text x="{ml + pw / 2}" y="{height - 6}" class="axis" text-anchor="middle">{escape(x_label)}</text>')
-    out.append(f'<text x="12" y="{mt + ph / 2}" class="axis" text-anchor="middle" '
-               f'transform="rotate(-90 12 {mt + ph / 2})">{escape(y_label)}</text>')
-    out.append(f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" class="frame"/>')
+    f = _Frame(width, height, (52, 14, 12, 40), (x0, x1), (y0, y1))
+    sx, sy, ml, mt = f.sx, f.sy, f.ml, f.mt
+    rounded = sorted({round(x) for x in xs})
+    out = f.axes(rounded if len(rounded) <= 12 else _ticks(x0, x1, 8), x_label, y_label, f"{y_label} per {x_label}")
     for s in series:
         seg: list[str] = []
         for x, y in s["points"]:
@@ -113,29 +131,12 @@ def scatter(points: list[dict[str, Any]], *, x_label: str, y_label: str, width: 
     y0, y1 = y_range or (min(ys), max(ys))
     x0, x1 = (x0 - 0.05, x1 + 0.05) if x0 == x1 else (x0, x1)
     y0, y1 = (y0 - 0.05, y1 + 0.05) if y0 == y1 else (y0, y1)
-    ml, mr, mt, mb = 56, 20, 14, 44
-    pw, ph = width - ml - mr, height - mt - mb
-
-    def sx(x: float) -> float:
-        return ml + (x - x0) / (x1 - x0) * pw
-
-    def sy(y: float) -> float:
-        return mt + ph - (y - y0) / (y1 - y0) * ph
-
-    out = [f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
-           f'aria-label="{escape(y_label)} against {escape(x_label)}">']
-    for t in _ticks(y0, y1):
-        out.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" class="grid"/>'
-                   f'<text x="{ml - 6}" y="{sy(t) + 4:.1f}" class="tick" text-anchor="end">{t:g}</text>')
-    for t in _ticks(x0, x1):
-        out.append(f'<text x="{sx(t):.1f}" y="{mt + ph + 16}" class="tick" text-anchor="middle">{t:g}</text>')
-    out.append(f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" class="frame"/>')
+    f = _Frame(width, height, (56, 20, 14, 44), (x0, x1), (y0, y1))
+    sx, sy, ml, mt, pw, ph = f.sx, f.sy, f.ml, f.mt, f.pw, f.ph
+    out = f.axes(_ticks(x0, x1), x_label, y_label, f"{y_label} against {x_label}")
     if ref_x is not None and x0 <= ref_x <= x1:
         out.append(f'<line x1="{sx(ref_x):.1f}" x2="{sx(ref_x):.1f}" y1="{mt}" y2="{mt + ph}" class="ref"/>'
                    f'<text x="{sx(ref_x) + 4:.1f}" y="{mt + 12}" class="tick">{escape(ref_label)}</text>')
-    out.append(f'<text x="{ml + pw / 2}" y="{height - 6}" class="axis" text-anchor="middle">{escape(x_label)}</text>')
-    out.append(f'<text x="14" y="{mt + ph / 2}" class="axis" text-anchor="middle" '
-               f'transform="rotate(-90 14 {mt + ph / 2})">{escape(y_label)}</text>')
     for i, p in enumerate(pts):
         cx, cy = sx(p["x"]), sy(p["y"])
         if p.get("xerr"):
@@ -143,7 +144,8 @@ def scatter(points: list[dict[str, Any]], *, x_label: str, y_label: str, width: 
             out.append(f'<line x1="{sx(lo):.1f}" x2="{sx(hi):.1f}" y1="{cy:.1f}" y2="{cy:.1f}" class="err"/>')
         out.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="5" class="pt"><title>{escape(str(p["label"]))}: '
                    f'{escape(x_label)} {p["x"]:.3f}, {escape(y_label)} {p["y"]:.3f}</title></circle>'
-                   f'<text x="{cx + (-7 if cx > ml + 0.7 * pw else 7):.1f}" y="{cy - 6 - (i % 2) * 10:.1f}" class="lbl" '
+                   f'<text x="{cx + (-7 if cx > ml + 0.7 * pw else 7):.1f}" y="{max(mt + 12, cy - 6 - (i % 2) * 10):.1f}" '
+                   f'class="lbl" '
                    f'text-anchor="{"end" if cx > ml + 0.7 * pw else "start"}">{escape(str(p["label"]))}</text>')
     out.append("</svg>")
     return "".join(out)

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from fl_sim.core.store import FINISHED, StoreError
-from fl_sim.web.views import FIGURES, NotFound, config_summary, defenses_in_use, finite, folder, opened
+from fl_sim.core.fmt import json_safe as finite
+from fl_sim.web.views import FIGURES, NotFound, config_summary, defenses_in_use, folder, opened
 
 MAX_RUNS = 24  # a comparison wider than this is a table nobody reads: the page says it cut the list
 

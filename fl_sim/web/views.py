@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 import threading
 from collections.abc import Iterator
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fl_sim.core.defenses import describe, hides_user
+from fl_sim.core.fmt import json_safe as finite
 from fl_sim.core.scoring import EVALUATORS
 from fl_sim.core.store import RUNNING, StoreError, RunStore
 
@@ -53,17 +53,6 @@ def opened(runs_dir: Path, run_id: str) -> Iterator[RunStore]:
         yield st
     finally:
         st.close()
-
-
-def finite(value: Any) -> Any:
-    """JSON-safe: NaN and infinities become None, recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
 
 
 def config_summary(cfg: dict[str, Any]) -> dict[str, Any]:
