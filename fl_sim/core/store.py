@@ -7,6 +7,7 @@ import os
 import sqlite3
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from fl_sim.core.errors import FlSimError
@@ -28,7 +29,7 @@ CREATE TABLE IF NOT EXISTS rounds (
 CREATE TABLE IF NOT EXISTS updates (
     id INTEGER PRIMARY KEY AUTOINCREMENT, round INTEGER, user TEXT, node_id TEXT,
     num_examples INTEGER, local_steps INTEGER, lr REAL, loss REAL, protocol TEXT,
-    update_norm REAL, layer_norms TEXT, defenses TEXT, metrics TEXT
+    update_norm REAL, layer_norms TEXT, defenses TEXT, metrics TEXT, epsilon REAL
 );
 CREATE TABLE IF NOT EXISTS attacks (
     id INTEGER PRIMARY KEY AUTOINCREMENT, round INTEGER, user TEXT, aggregate_size INTEGER,
@@ -40,11 +41,43 @@ CREATE TABLE IF NOT EXISTS workers (
 );
 """
 
+# For the queries the CLI and the web view make: a user's or a round's updates and attacks, attacks by status.
+INDEXES = """
+CREATE INDEX IF NOT EXISTS updates_round ON updates (round);
+CREATE INDEX IF NOT EXISTS updates_user ON updates (user, round);
+CREATE INDEX IF NOT EXISTS attacks_round ON attacks (round);
+CREATE INDEX IF NOT EXISTS attacks_user ON attacks (user, round);
+CREATE INDEX IF NOT EXISTS attacks_status ON attacks (status);
+"""
+
+
+def _to_v2(db: sqlite3.Connection) -> None:
+    """v1 -> v2: ``updates.epsilon`` (an update's DP-SGD epsilon, until then only inside its metrics JSON), filled
+    from the metrics of the updates already there; and the indexes."""
+    if "epsilon" not in {r[1] for r in db.execute("PRAGMA table_info(updates)")}:
+        db.execute("ALTER TABLE updates ADD COLUMN epsilon REAL")
+    rows = db.execute("SELECT id, metrics FROM updates WHERE metrics LIKE '%\"dp-epsilon\"%'").fetchall()
+    for uid, metrics in rows:
+        eps = json.loads(metrics).get("dp-epsilon")
+        db.execute("UPDATE updates SET epsilon=? WHERE id=?", (None if eps is None else float(eps), uid))
+    db.executescript(INDEXES)
+
+
+# The store's schema version (SQLite ``user_version``; 0 reads as 1: the stores written before it was kept), and
+# how a store of each older version is brought up to the next when a writer opens it.
+SCHEMA_VERSION = 2
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _to_v2}
+
 RUNNING, FINISHED, FAILED, NOT_FINISHED = "running", "finished", "failed", "not-finished"
 # An attack that was queued or running when its run ended (killed, crashed, failed): it never will finish.
 UNFINISHED = "unfinished"
 _PENDING = ("queued", "running")
 USER_CHECKS = "user_checks"  # an aggregate's metrics key: each of its users' checks of the model it received
+
+
+def _epsilon(metrics: dict[str, Any] | None) -> float | None:
+    eps = (metrics or {}).get("dp-epsilon")
+    return None if eps is None else float(eps)
 
 
 class StoreError(FlSimError):
@@ -100,6 +133,7 @@ class RunStore:
             try:
                 self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
                 tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+                version = self._check_version()
             except sqlite3.Error as exc:
                 raise StoreError(path, f"unreadable run store ({exc})") from None
             if not {"run", "attacks"} <= tables:
@@ -108,8 +142,29 @@ class RunStore:
         else:
             self._db = sqlite3.connect(path, timeout=30, check_same_thread=not threads)
             self._db.execute("PRAGMA journal_mode=WAL")
+            fresh = not self._db.execute("SELECT name FROM sqlite_master WHERE name='run'").fetchall()
+            version = SCHEMA_VERSION if fresh else self._check_version()
             self._db.executescript(SCHEMA)
+            with self._db:  # one transaction per step: a store is at one version or the next, never between
+                for v in range(version, SCHEMA_VERSION):
+                    MIGRATIONS[v](self._db)
+                    self._db.execute(f"PRAGMA user_version = {v + 1}")
+            self._db.executescript(INDEXES)
+            if fresh:
+                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            version = SCHEMA_VERSION
+        self.version = version
+        self._eps_column = "epsilon" in {r[1] for r in self._db.execute("PRAGMA table_info(updates)")}
         self._db.row_factory = sqlite3.Row
+
+    def _check_version(self) -> int:
+        """The store's schema version; a newer one than this fl-sim knows is a one-line ``StoreError``."""
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0]) or 1
+        if version > SCHEMA_VERSION:
+            self._db.close()
+            raise StoreError(self.path, f"written by a newer fl-sim (store schema version {version}; this fl-sim "
+                                        f"reads versions 1 to {SCHEMA_VERSION}): upgrade fl-sim to read it")
+        return version
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         """A query's rows; a corrupt, truncated or locked file is a one-line ``StoreError`` naming it."""
@@ -136,6 +191,14 @@ class RunStore:
         now = time.time()
         self._write("UPDATE run SET status=?, finished=?, seconds=?-started, error=?, summary=?",
                     (status, now, now, error, json.dumps(summary or {})))
+        self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Fold the WAL into the database file and truncate it (a reader holding a snapshot: it stays for later)."""
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error:
+            pass  # busy: SQLite's automatic checkpoints (every 1000 pages) go on
 
     def add_user(self, user: str, partition_id: int, dataset: str, attributes: dict[str, Any],
                  n_train: int, n_holdout: int, defenses: dict[str, Any] | None = None) -> None:
@@ -156,9 +219,9 @@ class RunStore:
                    defenses: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None) -> int:
         return self._write(
             "INSERT INTO updates (round, user, node_id, num_examples, local_steps, lr, loss, protocol, update_norm,"
-            " layer_norms, defenses, metrics) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            " layer_norms, defenses, metrics, epsilon) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (rnd, user, str(node_id), num_examples, local_steps, lr, loss, protocol, update_norm,
-             json.dumps(layer_norms), json.dumps(defenses or {}), json.dumps(metrics or {})))
+             json.dumps(layer_norms), json.dumps(defenses or {}), json.dumps(metrics or {}), _epsilon(metrics)))
 
     def add_client_update(self, update: ClientUpdate, *, node_id: int, protocol: str, update_norm: float,
                           layer_norms: dict[str, float], defenses: dict[str, Any] | None = None,
@@ -244,9 +307,9 @@ class RunStore:
             self.run()
         return self._status
 
-    def _rows(self, sql: str, json_cols: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    def _rows(self, sql: str, json_cols: tuple[str, ...] = (), args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         out = []
-        for row in self._read(sql):
+        for row in self._read(sql, args):
             d = dict(row)
             try:
                 for c in json_cols:
@@ -270,7 +333,10 @@ class RunStore:
         the model that user received (stored in its update's metrics, or under SecAgg+ in the aggregate's
         ``user_checks``; rounds and users without one are absent)."""
         out: dict[int, dict[str, dict[str, Any]]] = {}
-        for u in self.updates():
+        # Only the rows that mention a check (LIKE in SQL): a large store's other updates are never parsed.
+        rows = self._rows("SELECT * FROM updates WHERE metrics LIKE ? OR metrics LIKE ? ORDER BY round, id",
+                          ("layer_norms", "defenses", "metrics"), (f'%"{name}"%', f'%"{USER_CHECKS}"%'))
+        for u in rows:
             rec = u["metrics"].get(name)
             if isinstance(rec, dict) and u["user"] is not None:
                 out.setdefault(int(u["round"]), {})[str(u["user"])] = rec
@@ -294,6 +360,10 @@ class RunStore:
 
     def epsilons(self) -> dict[tuple[int, str], float]:
         """Each (round, user)'s DP-SGD epsilon after that round, for the updates that report one."""
+        if self._eps_column and self.version >= 2:
+            rows = self._read("SELECT round, user, epsilon FROM updates WHERE user IS NOT NULL AND epsilon IS NOT NULL")
+            return {(int(r[0]), str(r[1])): float(r[2]) for r in rows}
+        # A v1 store opened read-only (nothing migrates it): the epsilon is in the metrics JSON.
         # LIKE narrows the rows in SQL; the JSON is parsed here (the stored JSON may hold NaN, which SQLite's rejects).
         out: dict[tuple[int, str], float] = {}
         for r in self._read("SELECT round, user, metrics FROM updates "

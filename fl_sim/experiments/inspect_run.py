@@ -17,8 +17,7 @@ def attack_table(store: RunStore) -> list[dict[str, Any]]:
     """One row per attack with the figures a reader compares: similarity, rank, attributes."""
     users = {u["user"]: u for u in store.users()}
     # Each user's DP-SGD epsilon after each round (None without DP-SGD noise), read once.
-    eps = {(u["round"], u["user"]): float(u["metrics"]["dp-epsilon"]) for u in store.updates()
-           if "dp-epsilon" in u["metrics"]}
+    eps = store.epsilons()
     rows = []
     for a in store.attacks():
         m = a["metrics"]
