@@ -26,20 +26,24 @@ from fl_sim.core.userbatch import local_seed, user_batch
 class FlowerNodeState:
     """A node's text state between rounds, kept in Flower's per-node ``context.state``."""
 
-    def __init__(self, context: Context) -> None:
+    def __init__(self, context: Context, resumed: dict[str, str] | None = None) -> None:
+        """``resumed``: the user's state as a resumed run rebuilt it from the store (read until the node saves its own)."""
         self.context = context
+        self.resumed = resumed or {}
 
     def load(self, key: str) -> str | None:
         rec = self.context.state.config_records.get(key)
-        return None if rec is None else str(rec["state"])
+        return self.resumed.get(key) if rec is None else str(rec["state"])
 
     def save(self, key: str, text: str) -> None:
         self.context.state.config_records[key] = ConfigRecord({"state": text})
 
 
-def make_client_app(cfg: RunConfig, users: list[str], run_dir: Path | None = None) -> ClientApp:
+def make_client_app(cfg: RunConfig, users: list[str], run_dir: Path | None = None,
+                    resumed: dict[str, dict[str, str]] | None = None) -> ClientApp:
     """A ClientApp for ``users`` (partition-id i is users[i]); ``run_dir``: the run folder where the clients can
-    reach it (a defense's shared files, e.g. model_check's transparency log)."""
+    reach it (a defense's shared files, e.g. model_check's transparency log); ``resumed``: per user, the node state a
+    resumed run rebuilt (e.g. DP-SGD's accountant), which Flower's fresh node contexts do not have."""
     app = ClientApp()
     heads = task_heads(cfg.task, users)
     defenses = user_defenses(cfg, users)
@@ -102,7 +106,7 @@ def make_client_app(cfg: RunConfig, users: list[str], run_dir: Path | None = Non
         seed = local_seed(cfg.seed, rnd, user)
         before = {k: v.clone() for k, v in model.state_dict().items()}
         batch = TrainBatch(model, data.train, y, heads, cfg.protocol, seed)
-        trained = defense_registry.train_under(d, batch, FlowerNodeState(context))
+        trained = defense_registry.train_under(d, batch, FlowerNodeState(context, (resumed or {}).get(user)))
         if trained is None:
             res = local_train(model, data.train, y, heads, protocol=cfg.protocol, lr=cfg.lr, epochs=cfg.local_epochs,
                               batch_size=cfg.local_batch_size, seed=seed)

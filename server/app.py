@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
+from fl_sim.core import checkpoints
 from fl_sim.core.adversary import ModelFacts, malicious
 from fl_sim.core.config import RunConfig
 from fl_sim.core.defenses import aggregate_only, server_wrappers, user_defenses
@@ -25,10 +27,19 @@ from fl_sim.core.store import RunStore
 from fl_sim.core.utility import HoldoutEvaluator
 from server.adversary import Adversary, recovered_update
 from server.curious import AttackDispatcher, CuriousStrategy
-from server.strategy import RecordingStrategy, SeededFedAvg, update_norms
+from server.strategy import OffsetRounds, RecordingStrategy, SeededFedAvg, update_norms
 from server.worker import check_placement, connect_worker_ray, make_remote_worker
 
 QUERY_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a resumed run goes on: after round ``after_round``, from that round's global model (None: round 0's,
+    built from the seed as at the start)."""
+
+    after_round: int
+    model: dict[str, torch.Tensor] | None
 
 
 def discover_users(grid: Grid, n_nodes: int) -> dict[int, str]:
@@ -51,17 +62,18 @@ def discover_users(grid: Grid, n_nodes: int) -> dict[int, str]:
 def make_server_app(cfg: RunConfig, users: list[str], run_dir: Path,
                     progress: Callable[[int, dict[str, Any]], None] | None = None,
                     outcome: dict[str, Any] | None = None,
-                    wrap: Callable[[Strategy], Strategy] | None = None) -> ServerApp:
+                    wrap: Callable[[Strategy], Strategy] | None = None, resume: Resume | None = None) -> ServerApp:
     """A ServerApp that runs ``cfg.rounds`` rounds and writes the run store in ``run_dir``.
 
     ``outcome`` receives ``final_arrays`` when the strategy finishes, so the caller can tell a
-    completed run from one whose server loop raised inside Flower.
+    completed run from one whose server loop raised inside Flower. ``resume``: go on after a killed run's last
+    finished round, from its global model.
     """
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        serve(grid, cfg, users, run_dir, progress, outcome, wrap, context=context)
+        serve(grid, cfg, users, run_dir, progress, outcome, wrap, context=context, resume=resume)
 
     return app
 
@@ -69,7 +81,7 @@ def make_server_app(cfg: RunConfig, users: list[str], run_dir: Path,
 def serve(grid: Grid, cfg: RunConfig, users: list[str], run_dir: Path,
           progress: Callable[[int, dict[str, Any]], None] | None = None,
           outcome: dict[str, Any] | None = None, wrap: Callable[[Strategy], Strategy] | None = None, *,
-          context: Context | None = None) -> None:
+          context: Context | None = None, resume: Resume | None = None) -> None:
     """The server's whole run: discover users, build the strategy, run the rounds, record them.
 
     ``wrap`` puts an outer strategy around the recording (or curious) one — e.g. one of Flower's
@@ -110,12 +122,14 @@ def serve(grid: Grid, cfg: RunConfig, users: list[str], run_dir: Path,
         if cfg.attack.enabled:
             own_ray = connect_worker_ray(cfg.attack.ray_address)
         dispatcher, attack_store = _start_attacks(cfg, heads, users, run_dir, defenses)
+        if dispatcher is not None and resume is not None:
+            dispatcher.requeue(resume.after_round)  # the attacks a kill left unfinished in the rounds that were done
         if (agg_only := aggregate_only(cfg)) is not None:
             final = _serve_secagg(grid, context, cfg, users, model, user_of_node, store, dispatcher, defenses,
                                   on_round, agg_only[0].name)
         else:
             final = _serve_messages(grid, cfg, users, model, user_of_node, dispatcher, on_update, on_round, wrap,
-                                    defenses)
+                                    defenses, run_dir, resume)
         if dispatcher is not None:
             if progress:
                 # "watch": the caller may follow the drain (counts of jobs and attacks done) as it goes.
@@ -169,8 +183,10 @@ def _adversary(cfg: RunConfig, users: list[str], model: torch.nn.Module) -> Adve
 def _serve_messages(grid: Grid, cfg: RunConfig, users: list[str], model: torch.nn.Module,
                     user_of_node: dict[int, str], dispatcher: AttackDispatcher | None, on_update: Any, on_round: Any,
                     wrap: Callable[[Strategy], Strategy] | None,
-                    defenses: dict[str, dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Rounds on Flower's Message API strategy (FedAvg), optionally inside the defenses' wrappers (user-level DP)."""
+                    defenses: dict[str, dict[str, Any]], run_dir: Path,
+                    resume: Resume | None = None) -> dict[str, torch.Tensor]:
+    """Rounds on Flower's Message API strategy (FedAvg), optionally inside the defenses' wrappers (user-level DP).
+    Each round's global model is kept (``checkpoints``) before the round's row is written."""
     harness = cfg.utility_eval == "harness"
     adversary = _adversary(cfg, users, model)
     inner = SeededFedAvg(node_of_user={u: n for n, u in user_of_node.items()}, sample=cfg.round_users,
@@ -185,15 +201,22 @@ def _serve_messages(grid: Grid, cfg: RunConfig, users: list[str], model: torch.n
         strategy: RecordingStrategy = CuriousStrategy(inner, dispatcher=dispatcher, **hooks)
     else:
         strategy = RecordingStrategy(inner, **hooks)
+    offset = resume.after_round if resume is not None else 0
+
     def evaluate_fn(rnd: int, arrays: ArrayRecord) -> None:
         # Flower calls this once before training (round 0) and after each round's phases.
         if rnd > 0:
-            strategy.finish_round(rnd, utility(arrays.to_torch_state_dict()) if utility else None)
+            state = arrays.to_torch_state_dict()
+            checkpoints.save(run_dir, rnd + offset, state)
+            strategy.finish_round(rnd + offset, utility(state) if utility else None)
 
     outer = wrap(strategy) if wrap is not None else strategy
     for defense_wrap in server_wrappers(cfg):  # outermost: the curious server sees what Flower's server would
         outer = defense_wrap(outer)
-    result = outer.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=cfg.rounds,
+    if offset:
+        outer = OffsetRounds(outer, offset)
+    initial = resume.model if resume is not None and resume.model is not None else model.state_dict()
+    result = outer.start(grid=grid, initial_arrays=ArrayRecord(initial), num_rounds=cfg.rounds - offset,
                          train_config=ConfigRecord({"lr": cfg.lr}), evaluate_fn=evaluate_fn)
     return result.arrays.to_torch_state_dict()
 

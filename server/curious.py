@@ -21,6 +21,7 @@ from fl_sim.core.models import Head
 from fl_sim.core.records import AttackResult, ClientUpdate
 from fl_sim.core.store import RunStore
 from server.adversary import recovered_update
+from server.journal import JobJournal
 from server.observe import RoundReplies
 from server.strategy import RecordingStrategy
 from server.worker import AttackJob, AttackOutcome
@@ -69,6 +70,7 @@ class _Pending:
     attack_ids: dict[tuple[str | None, str], int]
     submitted: float = field(default_factory=time.time)
     started: bool = False
+    journal: Path | None = None  # the job's file in the journal, removed once its results are stored
 
 
 class AttackDispatcher:
@@ -101,6 +103,7 @@ class AttackDispatcher:
         self._busy, self._timed = 0.0, 0  # the worker's seconds on finished jobs, and how many
         self._last_done: float | None = None
         self._watchers: list[Callable[[DrainStatus], None]] = []
+        self.journal = JobJournal(run_dir)
 
     # -- progress --------------------------------------------------------------------------
     def status(self, over: bool = False) -> DrainStatus:
@@ -148,9 +151,9 @@ class AttackDispatcher:
                 if item is _STOP:
                     return
                 if item is not None:
-                    rnd, global_state, replies, aggregate_size, dropped, notes, methods = item
+                    rnd, global_state, replies, aggregate_size, dropped, notes, methods, path = item
                     if not self._dispatch(rnd, global_state, replies, aggregate_size, dropped, notes,
-                                          methods) and not dropped:
+                                          methods, path) and not dropped:
                         self._release(1)  # nothing to attack in this round after all
                 self._release(self.collect(0.0))
         except BaseException as exc:  # noqa: BLE001 - surfaced by drain(); the federation must not hang
@@ -165,15 +168,19 @@ class AttackDispatcher:
 
     def observe_round(self, rnd: int, global_state: dict[str, Any], replies: list[ClientUpdate],
                       aggregate_size: int = 1, notes: dict[str, Any] | None = None,
-                      methods: list[str] | None = None) -> None:
+                      methods: list[str] | None = None, journal: Path | None = None) -> None:
         """Hand this round's replies to the pump (started on first use). Blocks only when the queue
         is full and ``when_full`` is ``wait``; with ``drop`` the round's attacks are recorded dropped.
 
         ``notes``: updates a malicious server's tactic recovered (every one attacked, in any round, whatever
         ``attack.rounds``/``attack.users`` say: the tactic chose them), and what each attack records about that;
-        ``methods``: the tactic's own (e.g. ``imprint``, a read-out run by the worker), else ``attack.methods``."""
+        ``methods``: the tactic's own (e.g. ``imprint``, a read-out run by the worker), else ``attack.methods``.
+        What it was handed is kept in the journal before this returns (``journal``: the file it already has, when a
+        resumed run queues it again), so a kill after the round's end loses no attack of it."""
         if notes is None and not self.cfg.attacked_round(rnd):
             return
+        if journal is None:
+            journal = self.journal.add(rnd, (rnd, global_state, replies, aggregate_size, notes, methods))
         if self._thread is None:
             self.start()
         a = self.cfg.attack
@@ -183,12 +190,23 @@ class AttackDispatcher:
             dropped = self._in_flight >= a.queue_size
             if not dropped:
                 self._in_flight += 1
-        self._inbox.put((rnd, global_state, replies, aggregate_size, dropped, notes, methods))
+        self._inbox.put((rnd, global_state, replies, aggregate_size, dropped, notes, methods, journal))
+
+    def requeue(self, after_round: int) -> None:
+        """A resumed run: queue again every job of rounds up to ``after_round`` that the kill left unfinished (its
+        attack rows, never finished, are replaced); a job whose results were all stored is only forgotten."""
+        for path, entry in self.journal.leftovers(after_round):
+            ids = entry["ids"] or []
+            if ids and self.store.attacks_final(ids):
+                self.journal.done(path)
+                continue
+            self.store.delete_attacks(ids)
+            self.observe_round(*entry["item"], journal=path)
 
     # -- the work --------------------------------------------------------------------------
     def _dispatch(self, rnd: int, global_state: dict[str, Any], replies: list[ClientUpdate],
                   aggregate_size: int, dropped: bool, notes: dict[str, Any] | None = None,
-                  methods: list[str] | None = None) -> bool:
+                  methods: list[str] | None = None, journal: Path | None = None) -> bool:
         """Make the round's job and submit it (or record it dropped); False if nobody was chosen."""
         a = self.cfg.attack
         run_methods = list(methods) if methods else list(a.methods)
@@ -207,6 +225,7 @@ class AttackDispatcher:
                                     for u, why in silent for meth in run_methods])
             picked = [u for u in picked if all(u is not s[0] for s in silent)]
         if not picked:
+            self.journal.done(journal)
             return False
         targets = [u.user if aggregate_size == 1 else None for u in picked]
         # Plain arrays only: the worker builds the observations (the server's round does not wait on that).
@@ -219,7 +238,10 @@ class AttackDispatcher:
             for aid in ids.values():
                 self.store.update_attack(aid, status="dropped", error="attack queue full", commit=False)
             self.store.commit()
+            self.journal.done(journal)
             return True
+        if journal is not None:
+            self.journal.dispatched(journal, list(ids.values()))
         self._next_id += 1
         job = AttackJob(job_id=self._next_id, round=rnd, observations=obs, targets=targets, methods=run_methods,
                         attack_configs={m: method_config(m, iterations=a.iterations, seed=self.cfg.seed)
@@ -228,7 +250,7 @@ class AttackDispatcher:
                         dataset=self.cfg.data.dataset, image_size=self.cfg.data.image_size,
                         photos_per_user=self.cfg.data.photos_per_user, run_users=list(self.users),
                         run_dir=str(self.run_dir), notes=dict(notes or {}))
-        self.submit(job, ids)
+        self.submit(job, ids, journal)
         return True
 
     def _defenses_of(self, user: str | None) -> dict[str, Any]:
@@ -257,7 +279,7 @@ class AttackDispatcher:
         self._worker_pid = where.get("pid")
         self.store.add_worker(where)
 
-    def submit(self, job: AttackJob, ids: dict[tuple[str | None, str], int]) -> None:
+    def submit(self, job: AttackJob, ids: dict[tuple[str | None, str], int], journal: Path | None = None) -> None:
         """Send a job (its attacks stay 'queued' in the store until the worker's result arrives).
 
         The worker is probed first (its own thread answers while a job runs; a few ms, on the pump thread): a job
@@ -266,7 +288,7 @@ class AttackDispatcher:
         where = self._wait_until_alive()
         if where.get("pid") != self._worker_pid:
             self.note_worker(where)
-        self.pending.append(_Pending(self.worker.run_job.remote(job), job, ids))
+        self.pending.append(_Pending(self.worker.run_job.remote(job), job, ids, journal=journal))
         self.jobs_total += 1
         self.attacks_total += len(ids)
         self._mark_head_running()
@@ -297,6 +319,7 @@ class AttackDispatcher:
             for res in results:
                 self.store.record_attack(p.attack_ids[(res.target, res.method)], res, commit=False)
             self.store.commit()  # one commit per job
+            self.journal.done(p.journal)
         self.pending = [p for p in self.pending if p not in finished]
         self._mark_head_running()
         if finished:
@@ -327,6 +350,7 @@ class AttackDispatcher:
         for p in self.pending:
             for aid in p.attack_ids.values():
                 self.store.update_attack(aid, status="unfinished", error=f"not done after the {timeout:.0f}s drain")
+            self.journal.done(p.journal)
             self.jobs_done += 1
             self.attacks_done += len(p.attack_ids)
         self.pending = []

@@ -47,12 +47,19 @@ def served(runs_dir: Path, port: int | None = None, extra: list[str] | None = No
                 time.sleep(0.2)
         yield base
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop(proc, signal.SIGTERM, 10)
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int, grace: float) -> None:
+    """Stop ``proc``'s process group (started with ``start_new_session``): ``sig``, then SIGKILL after ``grace`` s."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 @contextmanager

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from fl_sim.core import store as store_mod
-from fl_sim.core.store import SCHEMA, SCHEMA_VERSION, RunStore, StoreError
+from fl_sim.core import schema as store_mod
+from fl_sim.core.schema import SCHEMA, SCHEMA_VERSION
+from fl_sim.core.store import RunStore, StoreError
 from tests.conftest import FL_SIM
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from fl_sim.core.store import RunStore
-from tests.browser import CHROMIUM, chromium, served
+from tests.browser import CHROMIUM, chromium, served, stop
 from tests.conftest import FL_SIM, make_face_folder
 
 TINY = ["data.image_size=16", "data.photos_per_user=4", "data.holdout_per_user=2", "model.width=4"]
@@ -55,13 +55,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Any:
     try:
         yield fed
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop(proc, signal.SIGINT, 60)  # Ctrl-C, as a user would: the run stops its own Ray
 
 
 ROUNDS = 16

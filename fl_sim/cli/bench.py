@@ -232,3 +232,39 @@ def bench_web_cmd(users: int = typer.Option(100, "--users", min=1, max=5000),
     for r in res["rows"]:
         out.print(f"  {r['page']:<20} cold {r['cold_s']:.3f} s   median {r['median_s']:.3f} s   "
                   f"max {r['max_s']:.3f} s   {r['bytes'] / 1024:.0f} KB", markup=False)
+
+
+@app.command("scale")
+def bench_scale_cmd(users: str = typer.Option("10,100,1000", "--users", help="users in the federation"),
+                    sampled: str = typer.Option("10,50,100", "--sampled", help="clients sampled per round"),
+                    rounds: int = typer.Option(5, "--rounds", min=2, max=100),
+                    big_store: bool = typer.Option(True, "--big-store/--no-big-store",
+                                                   help="also time the reads on a 100,000-update store"),
+                    runs_dir: Path = typer.Option(Path(".cache/bench-runs"), "--runs-dir"),
+                    as_json: bool = typer.Option(False, "--json")) -> None:
+    """The cost curve: round time, peak RSS of the process tree, store size, read commands, attack throughput."""
+    import tempfile
+
+    from fl_sim.experiments.scale_bench import big_store_reads, bench_scale
+
+    user_list, sampled_list = int_list("--users", users, 2), int_list("--sampled", sampled, 1)
+    if max(user_list) > 1000:
+        raise FlSimError(f"--users: at most 1000 (the split embedded identities hold 1,000), got {users!r}")
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    doc = bench_scale(user_list, sampled_list, rounds, runs_dir, say=lambda s: err.print(s, markup=False))
+    if big_store:
+        with tempfile.TemporaryDirectory(prefix="fl-sim-big-store-") as tmp:
+            doc["big_store"] = big_store_reads(Path(tmp))
+    if as_json:
+        print_json(doc)
+        return
+    for r in doc["rows"]:
+        out.print(f"{r['users']:>5} users {r['sampled']:>4} sampled: round {r['round_s']:.2f} s (first "
+                  f"{r['first_round_s']:.1f} s), peak RSS {r['peak_rss_gb']:.2f} GB, store {r['store_mb']:.2f} MB, "
+                  f"runs {r['runs_s']:.2f} s, inspect {r['inspect_s']:.2f} s, export {r['export_s']:.2f} s, "
+                  f"attacks/min {r['attacks_per_min'] or 0:.1f}", markup=False)
+    if "big_store" in doc:
+        b = doc["big_store"]
+        out.print(f"store of {b['update_rows']} updates ({b['store_mb']:.1f} MB): runs {b['runs_s']:.2f} s, inspect "
+                  f"{b['inspect_s']:.2f} s ({b['inspect_in_process_s']:.2f} s in process), export {b['export_s']:.2f} s; "
+                  f"python + torch import alone {b['python_start_s']:.2f} s", markup=False)

@@ -11,11 +11,23 @@ from fl_sim.cli.common import CONFIG, RUNS_DIR, err, out, print_all, print_json
 
 if TYPE_CHECKING:
     from fl_sim.experiments.runner import Launch
+    from fl_sim.federation import RunResult
 
 
 def run(config: Optional[Path] = CONFIG, set_: Optional[list[str]] = typer.Option(None, "--set", help="key=value override"),
-        runs_dir: Path = RUNS_DIR, as_json: bool = typer.Option(False, "--json", help="print the result as JSON")) -> None:
+        runs_dir: Path = RUNS_DIR, as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+        resume: Optional[str] = typer.Option(None, "--resume", help="RUN_ID: continue a killed run after its last "
+                                                                    "finished round (its own config)")) -> None:
     """Run a simulated federation and record it in runs/<run-id>/."""
+    from fl_sim.core.errors import FlSimError
+
+    if resume is not None:
+        if config is not None or set_:
+            raise FlSimError("--resume: a resumed run keeps its own config (no --config or --set with it)")
+        from fl_sim.experiments.runner import resume_with_progress
+
+        _report(resume_with_progress(resume, runs_dir, err.print, console=err), as_json)
+        return
     _run(config, set_ or [], runs_dir, as_json)
 
 
@@ -44,10 +56,17 @@ def _run(config: Optional[Path], overrides: list[str], runs_dir: Path, as_json: 
          launch: Optional["Launch"] = None) -> Path:
     """Run (``launch``: how, see ``run_with_progress``), print the rounds (or JSON), exit 1 on a failed run;
     returns the run folder."""
-    from fl_sim.experiments.reports import rounds_report
     from fl_sim.experiments.runner import run_with_progress
 
     res = run_with_progress(config, overrides, runs_dir, err.print, console=err, launch=launch)
+    _report(res, as_json)
+    return res.run_dir
+
+
+def _report(res: "RunResult", as_json: bool) -> None:
+    """The run's rounds (or JSON); exit 1 on a failed run."""
+    from fl_sim.experiments.reports import rounds_report
+
     if as_json:
         print_json({"run_id": res.run_id, "run_dir": str(res.run_dir), "status": res.status, "seconds": res.seconds,
                     "error": res.error})
@@ -57,7 +76,6 @@ def _run(config: Optional[Path], overrides: list[str], runs_dir: Path, as_json: 
     if res.status != "finished":
         err.print(f"run failed: {res.error}")
         raise typer.Exit(1)
-    return res.run_dir
 
 
 def demo(runs_dir: Path = RUNS_DIR) -> None:

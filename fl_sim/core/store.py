@@ -7,66 +7,12 @@ import os
 import sqlite3
 import time
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
+from fl_sim.core import schema
 from fl_sim.core.errors import FlSimError
+from fl_sim.core.schema import INDEXES, SCHEMA
 from fl_sim.core.records import AttackResult, ClientUpdate
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS run (
-    id TEXT PRIMARY KEY, created REAL, status TEXT, pid INTEGER, config TEXT,
-    started REAL, finished REAL, seconds REAL, error TEXT, summary TEXT
-);
-CREATE TABLE IF NOT EXISTS users (
-    user TEXT PRIMARY KEY, partition_id INTEGER, node_id TEXT, dataset TEXT,
-    attributes TEXT, n_train INTEGER, n_holdout INTEGER, defenses TEXT
-);
-CREATE TABLE IF NOT EXISTS rounds (
-    round INTEGER PRIMARY KEY, started REAL, seconds REAL, n_clients INTEGER,
-    train_loss REAL, accuracy REAL, metrics TEXT
-);
-CREATE TABLE IF NOT EXISTS updates (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, round INTEGER, user TEXT, node_id TEXT,
-    num_examples INTEGER, local_steps INTEGER, lr REAL, loss REAL, protocol TEXT,
-    update_norm REAL, layer_norms TEXT, defenses TEXT, metrics TEXT, epsilon REAL
-);
-CREATE TABLE IF NOT EXISTS attacks (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, round INTEGER, user TEXT, aggregate_size INTEGER,
-    method TEXT, status TEXT, created REAL, started REAL, finished REAL, seconds REAL,
-    metrics TEXT, image TEXT, error TEXT, defenses TEXT
-);
-CREATE TABLE IF NOT EXISTS workers (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, started REAL, pid INTEGER, node_id TEXT, node_ip TEXT, device TEXT
-);
-"""
-
-# For the queries the CLI and the web view make: a user's or a round's updates and attacks, attacks by status.
-INDEXES = """
-CREATE INDEX IF NOT EXISTS updates_round ON updates (round);
-CREATE INDEX IF NOT EXISTS updates_user ON updates (user, round);
-CREATE INDEX IF NOT EXISTS attacks_round ON attacks (round);
-CREATE INDEX IF NOT EXISTS attacks_user ON attacks (user, round);
-CREATE INDEX IF NOT EXISTS attacks_status ON attacks (status);
-"""
-
-
-def _to_v2(db: sqlite3.Connection) -> None:
-    """v1 -> v2: ``updates.epsilon`` (an update's DP-SGD epsilon, until then only inside its metrics JSON), filled
-    from the metrics of the updates already there; and the indexes."""
-    if "epsilon" not in {r[1] for r in db.execute("PRAGMA table_info(updates)")}:
-        db.execute("ALTER TABLE updates ADD COLUMN epsilon REAL")
-    rows = db.execute("SELECT id, metrics FROM updates WHERE metrics LIKE '%\"dp-epsilon\"%'").fetchall()
-    for uid, metrics in rows:
-        eps = json.loads(metrics).get("dp-epsilon")
-        db.execute("UPDATE updates SET epsilon=? WHERE id=?", (None if eps is None else float(eps), uid))
-    db.executescript(INDEXES)
-
-
-# The store's schema version (SQLite ``user_version``; 0 reads as 1: the stores written before it was kept), and
-# how a store of each older version is brought up to the next when a writer opens it.
-SCHEMA_VERSION = 2
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _to_v2}
 
 RUNNING, FINISHED, FAILED, NOT_FINISHED = "running", "finished", "failed", "not-finished"
 # An attack that was queued or running when its run ended (killed, crashed, failed): it never will finish.
@@ -143,16 +89,16 @@ class RunStore:
             self._db = sqlite3.connect(path, timeout=30, check_same_thread=not threads)
             self._db.execute("PRAGMA journal_mode=WAL")
             fresh = not self._db.execute("SELECT name FROM sqlite_master WHERE name='run'").fetchall()
-            version = SCHEMA_VERSION if fresh else self._check_version()
+            version = schema.SCHEMA_VERSION if fresh else self._check_version()
             self._db.executescript(SCHEMA)
             with self._db:  # one transaction per step: a store is at one version or the next, never between
-                for v in range(version, SCHEMA_VERSION):
-                    MIGRATIONS[v](self._db)
+                for v in range(version, schema.SCHEMA_VERSION):
+                    schema.MIGRATIONS[v](self._db)
                     self._db.execute(f"PRAGMA user_version = {v + 1}")
             self._db.executescript(INDEXES)
             if fresh:
-                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            version = SCHEMA_VERSION
+                self._db.execute(f"PRAGMA user_version = {schema.SCHEMA_VERSION}")
+            version = schema.SCHEMA_VERSION
         self.version = version
         self._eps_column = "epsilon" in {r[1] for r in self._db.execute("PRAGMA table_info(updates)")}
         self._db.row_factory = sqlite3.Row
@@ -160,10 +106,10 @@ class RunStore:
     def _check_version(self) -> int:
         """The store's schema version; a newer one than this fl-sim knows is a one-line ``StoreError``."""
         version = int(self._db.execute("PRAGMA user_version").fetchone()[0]) or 1
-        if version > SCHEMA_VERSION:
+        if version > schema.SCHEMA_VERSION:
             self._db.close()
             raise StoreError(self.path, f"written by a newer fl-sim (store schema version {version}; this fl-sim "
-                                        f"reads versions 1 to {SCHEMA_VERSION}): upgrade fl-sim to read it")
+                                        f"reads versions 1 to {schema.SCHEMA_VERSION}): upgrade fl-sim to read it")
         return version
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
@@ -199,6 +145,17 @@ class RunStore:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         except sqlite3.Error:
             pass  # busy: SQLite's automatic checkpoints (every 1000 pages) go on
+
+    def resume_run(self, after_round: int) -> None:
+        """A killed run goes on in this process: it is running again, and what its unfinished round ``after_round
+        + 1`` (and any later) had written is removed: that round is played again, as an uninterrupted run would."""
+        with self._db:
+            for table in ("updates", "attacks", "rounds"):
+                self._db.execute(f"DELETE FROM {table} WHERE round > ?", (after_round,))
+            # ``started``: when this process took the run up (its pid is checked against it, see ``run``)
+            self._db.execute("UPDATE run SET status=?, pid=?, started=?, finished=NULL, error=NULL",
+                             (RUNNING, os.getpid(), time.time()))
+        self._status = None
 
     def add_user(self, user: str, partition_id: int, dataset: str, attributes: dict[str, Any],
                  n_train: int, n_holdout: int, defenses: dict[str, Any] | None = None) -> None:
@@ -255,6 +212,17 @@ class RunStore:
         self._db.commit()
         return ids
 
+    def attacks_final(self, attack_ids: list[int]) -> bool:
+        """Whether every one of these attacks has an outcome (none is still queued or running)."""
+        marks = ",".join("?" * len(attack_ids))
+        rows = self._read(f"SELECT status FROM attacks WHERE id IN ({marks})", tuple(attack_ids))
+        return len(rows) == len(attack_ids) and all(r[0] not in _PENDING for r in rows)
+
+    def delete_attacks(self, attack_ids: list[int]) -> None:
+        """Remove attack rows that never finished (a resumed run queues their job again)."""
+        self._db.executemany("DELETE FROM attacks WHERE id=?", [(int(a),) for a in attack_ids])
+        self._db.commit()
+
     def mark_running(self, attack_ids: list[int]) -> None:
         """The worker took up these attacks (one commit)."""
         now = time.time()
@@ -296,7 +264,7 @@ class RunStore:
             out["summary"] = json.loads(out["summary"] or "{}")
         except ValueError as exc:
             raise StoreError(self.path, f"unreadable run store (bad JSON in the run row: {exc})") from None
-        if out["status"] == RUNNING and not _pid_alive(out["pid"], out.get("created")):
+        if out["status"] == RUNNING and not _pid_alive(out["pid"], out.get("started") or out.get("created")):
             out["status"] = NOT_FINISHED  # the process that wrote it is gone: killed or crashed
         self._status = out["status"]
         return out

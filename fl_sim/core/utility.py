@@ -16,14 +16,14 @@ class HoldoutEvaluator:
 
     It lives in the simulation harness: the strategies (and so the curious server) never hold it.
     Its numbers equal Flower's federated evaluation (example-weighted mean of the clients'
-    metrics), without a message round per round.
+    metrics), without a message round per round. It holds no user's photos between rounds: each is read when it
+    is evaluated (``user_batch``'s bounded cache), so its memory does not grow with the number of users.
     """
 
     def __init__(self, cfg: RunConfig, users: list[str]) -> None:
         self.cfg = cfg
         self.users = users
         self.heads = task_heads(cfg.task, users)
-        self.data = {u: user_batch(cfg, u, self.heads) for u in users}
         self.model = build_model(cfg.model.name, self.heads, cfg.data.image_size, cfg.model.width, cfg.seed, cfg.model.norm)
 
     def __call__(self, state: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -32,7 +32,7 @@ class HoldoutEvaluator:
         sums: dict[str, float] = {}
         total = 0
         for u in self.users:
-            data, _, y = self.data[u]
+            data, _, y = user_batch(self.cfg, u, self.heads)
             res = evaluate(self.model, data.holdout, y, self.heads)
             n = len(data.holdout)
             per_user[u] = res["accuracy"]

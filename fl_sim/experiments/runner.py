@@ -93,8 +93,31 @@ def run_with_progress(config: Path | None, overrides: list[str], runs_dir: Path,
     check_runs_dir(runs_dir)
     for line in banner(cfg, asked):
         say(line)
+    return _with_progress(cfg, say, console, lambda on_progress: (launch or run_federation)(cfg, runs_dir, on_progress))
+
+
+def resume_with_progress(run_id: str, runs_dir: Path, say: Callable[[str], None],
+                         console: Console | None = None) -> RunResult:
+    """``fl-sim run --resume``: continue a killed run, saying each round as ``run_with_progress`` does."""
+    from fl_sim.federation import resume_federation
+
+    progress: list[Callable[[int, dict[str, Any]], None]] = []  # set once the run's config is read
     bars: list[Bar] = []
 
+    def announce(cfg: RunConfig, done: int) -> None:
+        say(f"resuming {run_id}: {cfg.users} users, rounds {done + 1}..{cfg.rounds} of {cfg.rounds}")
+        progress.append(_progress(cfg, say, console, bars))
+
+    try:
+        return resume_federation(runs_dir, run_id, lambda rnd, rec: progress[0](rnd, rec), announce)
+    finally:
+        for bar in bars:
+            bar.stop()
+
+
+def _progress(cfg: RunConfig, say: Callable[[str], None], console: Console | None,
+              bars: list[Bar]) -> Callable[[int, dict[str, Any]], None]:
+    """Say each round; follow the attack drain with a bar on a terminal console."""
     def on_progress(rnd: int, rec: dict[str, Any]) -> None:
         say(progress_line(cfg, rnd, rec))
         if rnd < 0 and console is not None and "watch" in rec:
@@ -102,8 +125,14 @@ def run_with_progress(config: Path | None, overrides: list[str], runs_dir: Path,
             bars.append(bar)
             rec["watch"](follow_drain(bar))
 
+    return on_progress
+
+
+def _with_progress(cfg: RunConfig, say: Callable[[str], None], console: Console | None,
+                   go: Callable[[Callable[[int, dict[str, Any]], None]], RunResult]) -> RunResult:
+    bars: list[Bar] = []
     try:
-        return (launch or run_federation)(cfg, runs_dir, on_progress)
+        return go(_progress(cfg, say, console, bars))
     finally:
         for bar in bars:
             bar.stop()

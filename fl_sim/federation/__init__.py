@@ -19,7 +19,7 @@ from fl_sim.core.config import RunConfig, load_config, to_dict, to_toml
 from fl_sim.core.preflight import check_ray_address, check_resources
 from fl_sim.core.data import UserRecord, choose_users, open_dataset
 from fl_sim.core.errors import ConfigError, FlSimError, error_line
-from fl_sim.core.store import FAILED, FINISHED, RunStore
+from fl_sim.core.store import FAILED, FINISHED, RUNNING, RunStore
 from fl_sim.federation.processes import ProcessGuard, reap_orphans
 
 
@@ -202,13 +202,75 @@ def run_federation(cfg: RunConfig, runs_dir: Path,
 
     ``wrap(strategy) -> strategy``: an outer Flower strategy around fl-sim's (e.g. a DP wrapper).
     """
+    check_simulation_ray(cfg)
+    ids, run_id, run_dir = init_run(cfg, runs_dir)
+    return _simulate(cfg, ids, run_dir, runs_dir, progress, wrap)
+
+
+# What a resumed run cannot restore: state kept outside the store (the malicious server's memory of what it sent,
+# SecAgg+'s and Flower's user-level DP wrappers' server state, model_check's append-only log of every round).
+RESUME_REFUSED = {"secagg": "SecAgg+", "user_dp": "user-level DP", "model_check": "model_check"}
+
+
+def resume_federation(runs_dir: Path, run_id: str,
+                      progress: Callable[[int, dict[str, Any]], None] | None = None,
+                      announce: Callable[[RunConfig, int], None] | None = None) -> RunResult:
+    """Continue a killed run (``fl-sim run --resume``) after its last finished round, from that round's global model,
+    with each user's node state rebuilt from the store (DP-SGD accountants) and the unfinished attacks of the finished
+    rounds queued again; with one seed its final model and records are an uninterrupted run's."""
+    from fl_sim.core import checkpoints
+    from fl_sim.core.adversary import malicious
+    from fl_sim.core.defenses import resumed_states
+    from server.app import Resume
+
+    run_dir = runs_dir / run_id
+    if not run_id or "/" in run_id or run_id.startswith(".") or not (run_dir / "store.sqlite").is_file():
+        raise FlSimError(f"--resume {run_id}: no run of that id in {runs_dir}")
+    cfg, ids = stored_run(run_dir)
+    st = RunStore(run_dir / "store.sqlite")
+    try:
+        run = st.run()
+        if run["status"] == RUNNING:
+            raise FlSimError(f"--resume {run_id}: the run is still running (pid {run['pid']})")
+        if run["status"] == FINISHED:
+            raise FlSimError(f"--resume {run_id}: the run finished; there is nothing to resume")
+        if malicious(cfg):
+            raise FlSimError(f"--resume {run_id}: a malicious server's run cannot be resumed (what it sent each "
+                             "user is not stored)")
+        users = st.users()
+        used = {name for u in users for name in (u["defenses"] or {})}
+        if refused := sorted(RESUME_REFUSED[n] for n in used & set(RESUME_REFUSED)):
+            raise FlSimError(f"--resume {run_id}: a run with {', '.join(refused)} cannot be resumed (its state is "
+                             "not in the store)")
+        done = max((r["round"] for r in st.rounds()), default=0)
+        model = checkpoints.load(run_dir, done) if done else None
+        if done and model is None:
+            raise FlSimError(f"--resume {run_id}: no checkpoint of round {done} in {run_dir / checkpoints.DIR} "
+                             "(a run written before fl-sim kept them)")
+        last: dict[str, dict[str, Any]] = {}
+        for u in st.updates():
+            if u["user"] is not None and u["round"] <= done:
+                last[str(u["user"])] = u["metrics"]
+        resumed = resumed_states({u["user"]: u["defenses"] or {} for u in users}, last)
+        check_simulation_ray(cfg)
+        st.resume_run(done)
+    finally:
+        st.close()
+    if announce is not None:
+        announce(cfg, done)
+    return _simulate(cfg, ids, run_dir, runs_dir, progress, None, Resume(done, model), resumed)
+
+
+def _simulate(cfg: RunConfig, ids: list[str], run_dir: Path, runs_dir: Path,
+              progress: Callable[[int, dict[str, Any]], None] | None, wrap: Callable[[Any], Any] | None,
+              resume: Any = None, resumed: dict[str, dict[str, str]] | None = None) -> RunResult:
+    """The Simulation Engine over the run folder ``run_dir`` (made by ``init_run``, or a resumed run's)."""
     from flwr.simulation import run_simulation
 
     from clients.app import make_client_app
     from server.app import make_server_app
 
-    check_simulation_ray(cfg)
-    ids, run_id, run_dir = init_run(cfg, runs_dir)
+    run_id = run_dir.name
     reap_orphans(runs_dir)  # Ray processes left by an earlier run whose driver was SIGKILLed
     store = RunStore(run_dir / "store.sqlite")
     t0 = time.time()
@@ -220,12 +282,15 @@ def run_federation(cfg: RunConfig, runs_dir: Path,
         if cfg.simulation.ray_address:
             attach_ray(cfg)  # before Flower's backend, which would otherwise wait minutes on an unreachable address
         outcome: dict[str, Any] = {}
-        run_simulation(server_app=make_server_app(cfg, ids, run_dir, progress, outcome, wrap),
-                       client_app=make_client_app(cfg, ids, run_dir), num_supernodes=len(ids),
+        run_simulation(server_app=make_server_app(cfg, ids, run_dir, progress, outcome, wrap, resume),
+                       client_app=make_client_app(cfg, ids, run_dir, resumed), num_supernodes=len(ids),
                        backend_name="ray", backend_config=backend_config(cfg))
         if "final_arrays" not in outcome:
             raise _ServerFailed(outcome.get("error", "the server app stopped before the last round"))
-        store.finish_run(FINISHED, summary={"rounds": cfg.rounds})
+        summary: dict[str, Any] = {"rounds": cfg.rounds}
+        if resume is not None:
+            summary["resumed_after_round"] = resume.after_round
+        store.finish_run(FINISHED, summary=summary)
         return RunResult(run_id, run_dir, FINISHED, time.time() - t0)
     except BaseException as exc:
         # The original exception's one line: Ray's wrappers unwrapped, escape codes removed.

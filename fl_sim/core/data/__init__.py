@@ -44,6 +44,16 @@ def _synthshift(arg: str | None) -> FaceDataset:
     return open_synthshift()
 
 
+@register_dataset("synthfaces-split", "synthfaces-split:K — each embedded identity split into K users of disjoint "
+                                     "photos (100·K users; for cost benches only: users of one identity look alike)")
+def _split(arg: str | None) -> FaceDataset:
+    from fl_sim.core.data.split import open_split
+
+    if not arg or not arg.isdigit():
+        raise DataError(f"dataset spec 'synthfaces-split:{arg or ''}' needs K, a whole number, e.g. synthfaces-split:10")
+    return open_split(int(arg))
+
+
 @register_dataset("folder", "folder:PATH — PATH/<user>/<images>, optional PATH/attributes.csv")
 def _folder(arg: str | None) -> FaceDataset:
     from fl_sim.core.data.folders import FolderFaces

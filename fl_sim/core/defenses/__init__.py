@@ -23,7 +23,7 @@ __all__ = ["COMPRESSION", "DEFENSES", "DP_SGD", "MODEL_CHECK", "SECAGG", "USER_D
            "RunView", "SecAggConfig", "TrainBatch", "Trained", "TransparencyLog", "UserDpConfig", "Verdict",
            "aggregate_only", "apply_implied", "check_received", "checks_received", "client_mods", "compress_update",
            "describe", "dp_local_train", "dp_sgd_noise", "dp_sgd_schedule", "dp_sgd_training", "hides_user",
-           "imprint_like", "model_digest", "register_defense", "sections", "server_wrappers", "train_under",
+           "imprint_like", "model_digest", "register_defense", "resumed_states", "sections", "server_wrappers", "train_under",
            "user_defenses", "validate_defenses"]
 
 
@@ -91,6 +91,18 @@ def hides_user(rec: Mapping[str, Any]) -> str:
             return d.visibility(rec[d.name])
     notes = [n for d in sections() if d.name in rec and (n := d.visibility(rec[d.name]))]
     return "; ".join(notes) or EXACT_UPDATE
+
+
+def resumed_states(records: Mapping[str, Mapping[str, Any]],
+                   last: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, str]]:
+    """Per user (``records``: their defenses; ``last``: their last stored update's metrics), the node state their
+    defenses kept, rebuilt for a resumed run (users with none are absent)."""
+    out: dict[str, dict[str, str]] = {}
+    for user, rec in records.items():
+        state = {k: v for d in _known(rec) for k, v in d.resumed_state(rec[d.name], last.get(user, {})).items()}
+        if state:
+            out[user] = state
+    return out
 
 
 def client_mods(run: RunView) -> list[Any]:

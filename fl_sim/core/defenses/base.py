@@ -170,6 +170,11 @@ class Defense(Generic[S]):
 
     outermost_mods: bool = False  # its mods wrap every other mod (e.g. masking what they return)
 
+    def resumed_state(self, rec: Record, last: Mapping[str, Any]) -> dict[str, str]:
+        """The node state (``NodeState`` key -> text) this defense kept for a user, rebuilt from ``last``: the metrics
+        of the user's last stored update. A resumed run hands it to the user's fresh node (default: none kept)."""
+        return {}
+
     def train(self, rec: Record, batch: TrainBatch, state: NodeState) -> Trained | None:
         """Train ``batch.model`` in place under this defense (None: the run's plain training)."""
         return None

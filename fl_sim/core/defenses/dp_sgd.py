@@ -194,6 +194,15 @@ class DpSgd(Defense[DpSgdConfig]):
                 "accountant": section.accountant, "lr": lr, "batch_size": batch, "epochs": epochs,
                 "target_epsilon": section.target_epsilon or None}
 
+    def resumed_state(self, rec: Record, last: Mapping[str, Any]) -> dict[str, str]:
+        """The user's accountant after their last stored round: Opacus merges the steps of one (z, q) into one
+        history entry, so (z, q, the user's steps so far) is the whole of it."""
+        if "dp-steps" not in last:
+            return {}
+        return {ACCOUNTANT_KEY: json.dumps({"history": [[float(last["dp-noise-multiplier"]),
+                                                         float(last["dp-sample-rate"]), int(last["dp-steps"])]],
+                                            "mechanism": rec["accountant"]})}
+
     def describe(self, rec: Record) -> str:
         return f"dp_sgd z={rec['noise_multiplier']:.3g} C={rec['max_grad_norm']:g}"
 
