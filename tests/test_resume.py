@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -73,6 +74,13 @@ def test_a_run_killed_after_round_2_resumes_to_the_uninterrupted_result(tmp_path
     st.close()
     assert status == "not-finished" and 2 <= done < 4, (status, done)
     assert pending, "the kill left no attack unfinished: the re-queue is not exercised"
+    # The killed run reads without error: its finished rounds are there, and it says it did not finish
+    listed = subprocess.run([str(FL_SIM), "runs", "--runs-dir", str(runs), "--json"], capture_output=True, text=True)
+    exported = subprocess.run([str(FL_SIM), "export", run_dir.name, "--runs-dir", str(runs), "--json"],
+                              capture_output=True, text=True)
+    assert listed.returncode == 0 and exported.returncode == 0, listed.stderr + exported.stderr
+    assert json.loads(listed.stdout)[0]["status"] == "not-finished"
+    assert json.loads(exported.stdout)["run"]["status"] == "not-finished"
     # Resume it
     r = subprocess.run([str(FL_SIM), "run", "--resume", run_dir.name, "--runs-dir", str(runs)], capture_output=True,
                        text=True, timeout=600)

@@ -296,3 +296,24 @@ def test_bench_web_times_every_page_over_http() -> None:
     assert all(row["median_s"] > 0 and row["bytes"] > 0 for row in doc["rows"] if row["page"] != "progress JSON")
     bad = subprocess.run([str(FL_SIM), "bench", "web", "--methods", "nope"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--methods" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_sweep_or_audit_folder_compares_its_runs_and_shows_its_figures(site: dict[str, Any]) -> None:
+    sweep = site["runs"] / "sweep-test"
+    sweep.mkdir(exist_ok=True)
+    (sweep / "sweep.json").write_text(json.dumps({"param": "defenses.dp_sgd.noise_multiplier", "rows": [
+        {"param": "defenses.dp_sgd.noise_multiplier", "value": 1.0, "run_id": site["run"]},
+        {"param": "defenses.dp_sgd.noise_multiplier", "value": 2.0, "run_id": "gone-run"}]}))
+    png = next(p for p in (site["run_dir"] / "attacks").glob("*.png"))
+    for name in ("sweep.png", "audit_plot.png"):
+        (sweep / name).write_bytes(png.read_bytes())
+    with served(site["runs"]) as base:
+        assert any(f["id"] == "sweep-test" for f in json.loads(_raw(base, "GET", "/api/runs")[1])["folders"])
+        doc = json.loads(_raw(base, "GET", "/api/compare?folder=sweep-test")[1])
+        assert [r["id"] for r in doc["runs"]] == [site["run"]] and doc["missing"] == ["gone-run"]
+        assert doc["runs"][0]["sweep_value"] == 1.0 and doc["folder"]["figures"] == ["sweep.png", "audit_plot.png"]
+        status, body = _raw(base, "GET", "/compare?folder=sweep-test")
+        assert status == 200 and b"/runs/sweep-test/figures/audit_plot.png" in body and b"gone-run" in body
+        assert _raw(base, "GET", "/runs/sweep-test/figures/audit_plot.png")[1][:4] == b"\x89PNG"
+        assert _raw(base, "GET", "/runs/sweep-test/figures/sweep.json")[0] == 404  # only the fixed figure names
+        assert _raw(base, "GET", "/api/compare?run=nope")[0] == 404

@@ -238,6 +238,8 @@ def bench_web_cmd(users: int = typer.Option(100, "--users", min=1, max=5000),
 def bench_scale_cmd(users: str = typer.Option("10,100,1000", "--users", help="users in the federation"),
                     sampled: str = typer.Option("10,50,100", "--sampled", help="clients sampled per round"),
                     rounds: int = typer.Option(5, "--rounds", min=2, max=100),
+                    attacks: bool = typer.Option(True, "--attacks/--no-attacks",
+                                                 help="the curious server on a sample of 10 users"),
                     big_store: bool = typer.Option(True, "--big-store/--no-big-store",
                                                    help="also time the reads on a 100,000-update store"),
                     runs_dir: Path = typer.Option(Path(".cache/bench-runs"), "--runs-dir"),
@@ -251,7 +253,8 @@ def bench_scale_cmd(users: str = typer.Option("10,100,1000", "--users", help="us
     if max(user_list) > 1000:
         raise FlSimError(f"--users: at most 1000 (the split embedded identities hold 1,000), got {users!r}")
     runs_dir.mkdir(parents=True, exist_ok=True)
-    doc = bench_scale(user_list, sampled_list, rounds, runs_dir, say=lambda s: err.print(s, markup=False))
+    doc = bench_scale(user_list, sampled_list, rounds, runs_dir, say=lambda s: err.print(s, markup=False),
+                      attacks=attacks)
     if big_store:
         with tempfile.TemporaryDirectory(prefix="fl-sim-big-store-") as tmp:
             doc["big_store"] = big_store_reads(Path(tmp))
@@ -260,7 +263,7 @@ def bench_scale_cmd(users: str = typer.Option("10,100,1000", "--users", help="us
         return
     for r in doc["rows"]:
         out.print(f"{r['users']:>5} users {r['sampled']:>4} sampled: round {r['round_s']:.2f} s (first "
-                  f"{r['first_round_s']:.1f} s), peak RSS {r['peak_rss_gb']:.2f} GB, store {r['store_mb']:.2f} MB, "
+                  f"{r['first_round_s']:.1f} s), peak RSS {r['peak_rss_gb']:.2f} GB (PSS {r['peak_pss_gb']:.2f} GB), store {r['store_mb']:.2f} MB, "
                   f"runs {r['runs_s']:.2f} s, inspect {r['inspect_s']:.2f} s, export {r['export_s']:.2f} s, "
                   f"attacks/min {r['attacks_per_min'] or 0:.1f}", markup=False)
     if "big_store" in doc:

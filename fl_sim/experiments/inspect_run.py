@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
@@ -152,8 +153,12 @@ def user_panel(run_dir: Path, user: str, rnd: int | None = None, out: Path | Non
     return out, rows
 
 
-def context_lines(run_dir: Path) -> dict[str, float]:
-    """Within-user and between-user similarity of the run's users (the lines beside every figure)."""
+CONTEXT_USERS = 100
+
+
+def context_lines(run_dir: Path) -> dict[str, Any]:
+    """Within-user and between-user similarity of the run's users (the lines beside every figure); in a run of more
+    than ``CONTEXT_USERS`` users, of a seeded sample of that many (``users`` in the result says how many)."""
     from fl_sim.core.data import open_dataset
     from fl_sim.core.scoring import UserTruth
 
@@ -162,12 +167,15 @@ def context_lines(run_dir: Path) -> dict[str, float]:
     users = [u["user"] for u in store.users()]
     attrs = {u["user"]: u["attributes"] for u in store.users()}
     store.close()
+    sampled = len(users) > CONTEXT_USERS
+    if sampled:  # a large run: a seeded sample of its users (embedding every photo would take minutes)
+        users = sorted(random.Random(f"context:{cfg.get('seed')}").sample(users, CONTEXT_USERS))
     ds = open_dataset(cfg["data"]["dataset"])
     n = cfg["data"]["photos_per_user"]
     # The context lines are SFace's (what the panels print): no need to embed every photo with dlib too.
     truth = UserTruth(users, {u: ds.photos(u, cfg["data"]["image_size"])[:n] for u in users}, attrs,
                       evaluators=("sface",))
-    return {k: float(np.round(v, 3)) for k, v in truth.context().items()}
+    return {**{k: float(np.round(v, 3)) for k, v in truth.context().items()}, "users": len(users), "sampled": sampled}
 
 
 def imprint_rows(attacks: list[dict[str, Any]]) -> list[dict[str, Any]]:

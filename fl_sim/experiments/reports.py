@@ -103,7 +103,8 @@ def detection_lines(rows: list[dict[str, Any]]) -> list[str]:
 def context_text(ctx: dict[str, float]) -> str:
     """How similar a user's own photos are to each other, and different users' photos: the scale of a score."""
     return (f"context: a user's own photos match each other at {ctx['within_user_min']:.2f}..{ctx['within_user_max']:.2f} "
-            f"(mean {ctx['within_user_mean']:.2f}); different users at {ctx['between_user_mean']:.2f} on average")
+            f"(mean {ctx['within_user_mean']:.2f}); different users at {ctx['between_user_mean']:.2f} on average"
+            + (f" (over a seeded sample of {int(ctx['users'])} of the run's users)" if ctx.get("sampled") else ""))
 
 
 def no_attacks_line(name: str, run: dict[str, Any]) -> str:

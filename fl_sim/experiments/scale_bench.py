@@ -16,26 +16,32 @@ from fl_sim.core.store import RunStore
 # Cost only: 100 embedded identities split 10 ways give 1,000 users of disjoint photos, but users cut from one
 # identity look alike, so no leakage figure is taken from these runs (see fl_sim/core/data/split.py).
 DATASET = "synthfaces-split:10"
-BASE = ["data.photos_per_user=6", "data.holdout_per_user=2", "protocol=fedavg", "attack.enabled=true",
-        "attack.methods=ig", "attack.iterations=50", "attack.every=1", "attack.users=sample:10"]
+BASE = ["data.photos_per_user=6", "data.holdout_per_user=2", "protocol=fedavg"]
+# The curious server on a sample of users. Its scorer embeds every run user's photos once (re-identification
+# ranks a reconstruction among all of them): with dlib that is ~0.5 s a user, the cost that grows with users.
+ATTACKS = ["attack.enabled=true", "attack.methods=ig", "attack.iterations=50", "attack.every=1",
+           "attack.users=sample:10"]
 
 
-def tree_rss(pid: int) -> int:
-    """Resident memory (bytes) of process ``pid`` and all its descendants (Ray's raylet, GCS and workers)."""
-    import psutil
+def tree_memory(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) in bytes of process ``pid`` and all its descendants (Ray's raylet, GCS and workers), from /proc.
+    RSS counts the pages processes share (torch's libraries in every Ray worker) once per process; PSS splits
+    each shared page among its users, so it sums to what the tree really holds. A process gone meanwhile: 0."""
+    import os
 
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
-    total = 0
-    for p in procs:
+    from fl_sim.federation.processes import descendants
+
+    page = os.sysconf("SC_PAGE_SIZE")
+    rss = pss = 0
+    for p in [pid, *descendants(pid)]:
         try:
-            total += p.memory_info().rss
-        except psutil.NoSuchProcess:
+            with open(f"/proc/{p}/statm") as f:
+                rss += int(f.read().split()[1]) * page
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                pss += next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("Pss:"))
+        except (OSError, ValueError, IndexError, StopIteration):
             pass
-    return total
+    return rss, pss
 
 
 def _timed(args: list[str]) -> float:
@@ -45,22 +51,23 @@ def _timed(args: list[str]) -> float:
     return time.perf_counter() - t
 
 
-def run_cell(users: int, sampled: int, rounds: int, runs_dir: Path, extra: list[str] | None = None) -> dict[str, Any]:
-    """One federation (`fl-sim run` in its own process), its memory sampled every 0.2 s; then the read commands."""
+def run_cell(users: int, sampled: int, rounds: int, runs_dir: Path, attacks: bool = True) -> dict[str, Any]:
+    """One federation (`fl-sim run` in its own process), its memory sampled every 0.3 s; then the read commands."""
     exe = str(Path(sys.executable).with_name("fl-sim"))
     sets = [f"data.dataset={DATASET}", f"users={users}", f"clients_per_round={sampled}", f"rounds={rounds}", *BASE,
-            *(extra or [])]
+            *(ATTACKS if attacks else ["attack.enabled=false"])]
     before = {p.name for p in runs_dir.iterdir()} if runs_dir.exists() else set()
     t0 = time.perf_counter()
     proc = subprocess.Popen([exe, "run", "--runs-dir", str(runs_dir), *[a for s in sets for a in ("--set", s)]],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    peak = [0]
+    peak = [0, 0]
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
-            peak[0] = max(peak[0], tree_rss(proc.pid))
-            stop.wait(0.2)
+            rss, pss = tree_memory(proc.pid)
+            peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
+            stop.wait(0.3)
 
     watcher = threading.Thread(target=sample, daemon=True)
     watcher.start()
@@ -83,10 +90,10 @@ def run_cell(users: int, sampled: int, rounds: int, runs_dir: Path, extra: list[
     user = next((a["user"] for a in done if a["user"]), None)
     store_mb = sum(p.stat().st_size for p in run_dir.glob("store.sqlite*")) / 2**20
     row: dict[str, Any] = {
-        "users": users, "sampled": sampled, "rounds": len(rounds_rows), "run_wall_s": wall,
+        "users": users, "sampled": sampled, "attacks": attacks, "rounds": len(rounds_rows), "run_wall_s": wall,
         # Round 1 carries the actors' start; the later rounds are the steady cost.
         "round_s": statistics.median(secs[1:]) if len(secs) > 1 else secs[0], "first_round_s": secs[0],
-        "peak_rss_gb": peak[0] / 2**30, "store_mb": store_mb, "rounds_recorded": n_updates["rounds"],
+        "peak_rss_gb": peak[0] / 2**30, "peak_pss_gb": peak[1] / 2**30, "store_mb": store_mb, "rounds_recorded": n_updates["rounds"],
         "attacks_finished": len(done),
         # The worker's pace: attacks per minute of its own time (a job's seconds, from the store).
         "attacks_per_min": 60.0 * len(done) / sum(float(a["seconds"]) for a in done) if done else None,
@@ -101,7 +108,7 @@ def run_cell(users: int, sampled: int, rounds: int, runs_dir: Path, extra: list[
 
 
 def bench_scale(users: list[int], sampled: list[int], rounds: int, runs_dir: Path,
-                say: Any = None) -> dict[str, Any]:
+                say: Any = None, attacks: bool = True) -> dict[str, Any]:
     """Every (users, sampled ≤ users) cell, one federation each, in order."""
     rows = []
     for n in users:
@@ -110,12 +117,12 @@ def bench_scale(users: list[int], sampled: list[int], rounds: int, runs_dir: Pat
                 continue
             if say:
                 say(f"[scale] {n} users, {k} sampled per round, {rounds} rounds")
-            rows.append(run_cell(n, k, rounds, runs_dir))
+            rows.append(run_cell(n, k, rounds, runs_dir, attacks))
             if say:
                 r = rows[-1]
-                say(f"    round {r['round_s']:.2f} s, peak RSS {r['peak_rss_gb']:.2f} GB, store {r['store_mb']:.1f} MB, "
+                say(f"    round {r['round_s']:.2f} s, peak RSS {r['peak_rss_gb']:.2f} GB (PSS {r['peak_pss_gb']:.2f}), store {r['store_mb']:.1f} MB, "
                     f"inspect {r['inspect_s']:.2f} s")
-    return {"dataset": DATASET, "settings": BASE, "rounds": rounds, "rows": rows,
+    return {"dataset": DATASET, "settings": BASE + (ATTACKS if attacks else []), "rounds": rounds, "rows": rows,
             "note": "cost only: users of one identity look alike, no leakage is read from these runs"}
 
 
@@ -128,7 +135,7 @@ def write_big_store(run_dir: Path, users: int, rounds: int, attacked: int = 10) 
     from fl_sim.core.config import load_config, to_dict
 
     run_dir.mkdir(parents=True)
-    cfg = load_config(None, [f"data.dataset={DATASET}", f"users={users}", f"rounds={rounds}", *BASE])
+    cfg = load_config(None, [f"data.dataset={DATASET}", f"users={users}", f"rounds={rounds}", *BASE, *ATTACKS])
     st = RunStore(run_dir / "store.sqlite")
     st.create_run(run_dir.name, to_dict(cfg))
     names = [f"u{i // 10:04d}-{i % 10}" for i in range(users)]

@@ -28,7 +28,8 @@
       place("mark-within", c.within_user_mean, "same person");
       text.textContent = "Context (" + "sface" + "): a user's own photos match each other at " +
         c.within_user_min.toFixed(2) + "–" + c.within_user_max.toFixed(2) + " (mean " + c.within_user_mean.toFixed(2) +
-        "); different users at " + c.between_user_mean.toFixed(2) + " on average.";
+        "); different users at " + c.between_user_mean.toFixed(2) + " on average" +
+        (c.sampled ? " (a seeded sample of " + c.users + " of the run's users)." : ".");
       text.classList.remove("muted");
     } catch (e) {
       text.textContent = "Context unavailable (" + e.message + ").";
