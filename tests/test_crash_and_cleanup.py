@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fl_sim.core.config import load_config
 from fl_sim.federation import run_federation
-from fl_sim.federation.processes import descendants
+from fl_sim.core.processes import descendants
 from tests.conftest import FL_SIM, make_face_folder
 
 TINY = ["users=2", "rounds=1", "data.image_size=16", "data.photos_per_user=4", "data.holdout_per_user=2",
@@ -26,7 +26,7 @@ def _args(runs: Path, data: Path, extra: list[str]) -> list[str]:
 
 
 def _alive(procs: dict[int, int]) -> dict[int, int]:
-    from fl_sim.federation.processes import same_process
+    from fl_sim.core.processes import same_process
     return {p: t for p, t in procs.items() if same_process(p, t)}
 
 

@@ -11,7 +11,7 @@ import pytest
 from fl_sim.core.config import load_config
 from fl_sim.core.store import RunStore
 from fl_sim.federation.deploy import deploy
-from fl_sim.federation.processes import descendants
+from fl_sim.core.processes import descendants
 from tests.loopback import listening_hosts, on_loopback
 
 TINY = ["data.image_size=16", "data.photos_per_user=4", "data.holdout_per_user=2", "model.width=4", "users=3"]

@@ -26,7 +26,7 @@ from fl_sim.core.errors import ConfigError
 from fl_sim.core.store import RunStore
 from fl_sim.federation import run_federation
 from fl_sim.federation.deploy import free_port
-from fl_sim.federation.processes import _stat, descendants, same_process, stop_processes
+from fl_sim.core.processes import _stat, descendants, same_process, stop_processes
 from tests.conftest import REPO, make_face_folder
 from tests.loopback import listening_hosts, on_loopback
 

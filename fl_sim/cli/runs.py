@@ -14,7 +14,7 @@ def runs(runs_dir: Path = RUNS_DIR, as_json: bool = typer.Option(False, "--json"
     """List the runs, newest first, with their status."""
     from fl_sim.core.store import list_runs
     from fl_sim.experiments.reports import runs_table
-    from fl_sim.federation.processes import reap_orphans
+    from fl_sim.core.processes import reap_orphans
 
     reap_orphans(runs_dir)  # Ray processes of runs whose driver was SIGKILLed, identified by pid + start time
     rows = list_runs(runs_dir)

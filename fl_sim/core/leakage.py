@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from fl_sim.core.scoring import EVALUATORS
+from fl_sim.core.names import EVALUATORS
 from fl_sim.core.stats import intervals_overlap, mean_ci
 
 # Per-attack metrics summarised under each evaluator (keys ``{evaluator}_{metric}`` in a score row).

@@ -5,15 +5,17 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import numpy.typing as npt
-import torch
+
+if TYPE_CHECKING:  # torch is not imported to read a run (fl-sim runs / inspect): only its types are named here
+    import torch
 
 Number = Union[int, float]
 # A reply's weights: torch tensors where the client made them, numpy arrays where the server read them.
-Arrays = Union[Mapping[str, torch.Tensor], Mapping[str, npt.NDArray[Any]]]
+Arrays = Union[Mapping[str, "torch.Tensor"], Mapping[str, npt.NDArray[Any]]]
 
 # The wire and store keys (Flower metric names; the store's updates.metrics JSON repeats them).
 NUM_EXAMPLES, LOCAL_STEPS, LR, LOSS = "num-examples", "local-steps", "lr", "loss"
@@ -134,7 +136,7 @@ class ClientUpdate:
 
 
 def _numpy(v: Any) -> Any:
-    return v.numpy() if isinstance(v, torch.Tensor) else v
+    return v.numpy() if not isinstance(v, np.ndarray) and hasattr(v, "numpy") else v
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,8 @@ import torch
 
 from fl_sim.core.evaluators.face import AGE_BANDS, GENDERS, age_gender, identity_embedder
 from fl_sim.core.metrics import psnr, ssim
+from fl_sim.core.names import EVALUATORS as EVALUATORS  # the evaluators every attack is scored by
 
-# The identity evaluators every attack is scored by (fl_sim.core.evaluators.face.identity_embedder names).
-EVALUATORS: tuple[str, ...] = ("sface", "dlib")
 
 
 def _embed(evaluator: str, images: torch.Tensor) -> np.ndarray:

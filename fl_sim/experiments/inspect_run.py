@@ -9,9 +9,18 @@ from typing import Any
 import numpy as np
 
 from fl_sim.core.errors import FlSimError
-from fl_sim.core.defenses import describe, hides_user
-from fl_sim.core.scoring import EVALUATORS
+from fl_sim.core.names import EVALUATORS, EXACT_UPDATE
 from fl_sim.core.store import RunStore
+
+
+def defended(rec: dict[str, Any]) -> tuple[str, str]:
+    """(the user's defenses in a line, what the server sees of them). An undefended user needs no registry: reading
+    a run then imports no defense (nor torch, which they need), so `fl-sim inspect` starts fast."""
+    if not rec:
+        return "none", EXACT_UPDATE
+    from fl_sim.core.defenses import describe, hides_user
+
+    return describe(rec), hides_user(rec)
 
 
 def attack_table(store: RunStore) -> list[dict[str, Any]]:
@@ -31,7 +40,7 @@ def attack_table(store: RunStore) -> list[dict[str, Any]]:
                      "n_users": len(users), "inferred_gender": m.get("inferred_gender"), "true_gender": truth.get("gender"),
                      "inferred_age_band": m.get("inferred_age_band"), "true_age_band": truth.get("age_band"),
                      "image": a["image"], "error": a["error"],
-                     "defenses": describe(a["defenses"] or {}), "server_sees": hides_user(a["defenses"] or {}),
+                     **dict(zip(("defenses", "server_sees"), defended(a["defenses"] or {}))),
                      "dp_epsilon": eps.get((a["round"], a["user"]))})
     return rows
 

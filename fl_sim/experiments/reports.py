@@ -10,7 +10,7 @@ from rich.console import RenderableType
 from rich.table import Table
 
 from fl_sim.core.fmt import format_ci, number
-from fl_sim.core.scoring import EVALUATORS
+from fl_sim.core.names import EVALUATORS
 from fl_sim.core.store import RunStore
 
 

@@ -29,7 +29,7 @@ def tree_memory(pid: int) -> tuple[int, int]:
     each shared page among its users, so it sums to what the tree really holds. A process gone meanwhile: 0."""
     import os
 
-    from fl_sim.federation.processes import descendants
+    from fl_sim.core.processes import descendants
 
     page = os.sysconf("SC_PAGE_SIZE")
     rss = pss = 0
@@ -178,6 +178,7 @@ def big_store_reads(tmp: Path, users: int = 1000, rounds: int = 100) -> dict[str
             "store_mb": sum(p.stat().st_size for p in (runs / "big-run").glob("store.sqlite*")) / 2**20,
             "runs_s": _timed([exe, "runs", "--runs-dir", str(runs)]),
             "inspect_s": _timed([exe, "inspect", "big-run", "--runs-dir", str(runs)]),
+            "inspect_json_s": _timed([exe, "inspect", "big-run", "--runs-dir", str(runs), "--json"]),
             "inspect_in_process_s": in_process,
             "python_start_s": _timed([sys.executable, "-c", "import torch"]),
             "export_s": _timed([exe, "export", "big-run", "--runs-dir", str(runs)])}

@@ -20,7 +20,7 @@ from fl_sim.core.preflight import check_ray_address, check_resources
 from fl_sim.core.data import UserRecord, choose_users, open_dataset
 from fl_sim.core.errors import ConfigError, FlSimError, error_line
 from fl_sim.core.store import FAILED, FINISHED, RUNNING, RunStore
-from fl_sim.federation.processes import ProcessGuard, reap_orphans
+from fl_sim.core.processes import ProcessGuard, reap_orphans
 
 
 @dataclass(frozen=True)

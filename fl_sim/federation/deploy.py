@@ -30,7 +30,7 @@ from fl_sim.core.config import RunConfig
 from fl_sim.core.errors import FlSimError
 from fl_sim.core.store import FAILED, FINISHED, RUNNING, RunStore
 from fl_sim.federation import RunResult, unwind_on_signals, init_run, reap_orphans
-from fl_sim.federation.processes import ProcessGuard
+from fl_sim.core.processes import ProcessGuard
 
 MODES = ("local", "sim")
 ATTACK_RESOURCE = "attack_worker"  # the Ray resource the local head carries and the worker asks for

@@ -10,13 +10,13 @@ import numpy.typing as npt
 import torch
 
 from fl_sim.core.models import Head
+from fl_sim.core.names import EXACT_UPDATE as EXACT_UPDATE  # what an undefended user leaves the server
 from fl_sim.core.records import LocalTrainResult, PrivacyFigures
 from fl_sim.core.plugins import Parts
 
 S = TypeVar("S")
 Record = dict[str, Any]  # one defense's entry in a user's defense record (stored as JSON)
 StrategyWrapper = Callable[[Any], Any]  # a Flower strategy -> the strategy wrapped around it
-EXACT_UPDATE = "the server sees each user's exact update"  # what an undefended user leaves the server
 
 
 class DataView(Protocol):
