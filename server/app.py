@@ -216,6 +216,8 @@ def _serve_messages(grid: Grid, cfg: RunConfig, users: list[str], model: torch.n
     if offset:
         outer = OffsetRounds(outer, offset)
     initial = resume.model if resume is not None and resume.model is not None else model.state_dict()
+    if offset >= cfg.rounds:  # killed during the final drain: every round is done, only attacks were left
+        return dict(initial)
     result = outer.start(grid=grid, initial_arrays=ArrayRecord(initial), num_rounds=cfg.rounds - offset,
                          train_config=ConfigRecord({"lr": cfg.lr}), evaluate_fn=evaluate_fn)
     return result.arrays.to_torch_state_dict()
