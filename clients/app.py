@@ -27,7 +27,8 @@ class FlowerNodeState:
     """A node's text state between rounds, kept in Flower's per-node ``context.state``."""
 
     def __init__(self, context: Context, resumed: dict[str, str] | None = None) -> None:
-        """``resumed``: the user's state as a resumed run rebuilt it from the store (read until the node saves its own)."""
+        """``resumed``: the user's state as a resumed run rebuilt it from the store (read until the node saves its
+        own)."""
         self.context = context
         self.resumed = resumed or {}
 

@@ -1,4 +1,4 @@
-"""`fl-sim bench federation | deploy | attack | adversary | web`: the benchmarks whose numbers go to docs/BENCHMARKS.md."""
+"""`fl-sim bench ...`: federation, deploy, attack, adversary, web, scale; numbers go to docs/BENCHMARKS.md."""
 
 from __future__ import annotations
 

@@ -82,7 +82,7 @@ def run_cell(users: int, sampled: int, rounds: int, runs_dir: Path, attacks: boo
     st = RunStore(run_dir / "store.sqlite", readonly=True)
     try:
         rounds_rows, attacks = st.rounds(), st.attacks()
-        n_updates = st.counts()
+        counts = st.counts()
     finally:
         st.close()
     secs = [float(r["seconds"]) for r in rounds_rows]
@@ -93,7 +93,8 @@ def run_cell(users: int, sampled: int, rounds: int, runs_dir: Path, attacks: boo
         "users": users, "sampled": sampled, "attacks": attacks, "rounds": len(rounds_rows), "run_wall_s": wall,
         # Round 1 carries the actors' start; the later rounds are the steady cost.
         "round_s": statistics.median(secs[1:]) if len(secs) > 1 else secs[0], "first_round_s": secs[0],
-        "peak_rss_gb": peak[0] / 2**30, "peak_pss_gb": peak[1] / 2**30, "store_mb": store_mb, "rounds_recorded": n_updates["rounds"],
+        "peak_rss_gb": peak[0] / 2**30, "peak_pss_gb": peak[1] / 2**30, "store_mb": store_mb,
+        "rounds_recorded": counts["rounds"],
         "attacks_finished": len(done),
         # The worker's pace: attacks per minute of its own time (a job's seconds, from the store).
         "attacks_per_min": 60.0 * len(done) / sum(float(a["seconds"]) for a in done) if done else None,
