@@ -203,13 +203,15 @@ class AttackWorker:
 
         from fl_sim.core.data import open_dataset
         from fl_sim.core.evaluators.face import to_uint8_hwc
-        from fl_sim.core.scoring import UserTruth, score
+        from fl_sim.core.scoring import LazyPhotos, UserTruth, score
 
         key = (job.dataset, job.image_size, job.photos_per_user, tuple(job.run_users))
         if key not in self._truth:
-            ds = open_dataset(job.dataset)
-            attrs = {r.user: r.attributes for r in ds.users() if r.user in job.run_users}
-            photos = {u: ds.photos(u, job.image_size)[:job.photos_per_user] for u in job.run_users}
+            # Photos are read per user as needed; what stays is each user's embeddings (re-identification ranks a
+            # reconstruction among all of them), so the worker's memory hardly grows with the users that exist.
+            run_users = set(job.run_users)
+            attrs = {r.user: r.attributes for r in open_dataset(job.dataset).users() if r.user in run_users}
+            photos = LazyPhotos(job.dataset, job.image_size, job.photos_per_user, list(job.run_users))
             self._truth[key] = UserTruth(list(job.run_users), photos, attrs)
         truth = self._truth[key]
         img_dir = Path(job.run_dir) / "attacks"

@@ -165,3 +165,16 @@ def test_non_finite_numbers_rejected(pair, key):
 
     # Assert
     assert f"'{key}'" in str(err.value)
+
+
+def test_utility_users_is_one_sample_fixed_by_the_seed() -> None:
+    users = [f"u{i:04d}" for i in range(40)]
+    cfg = load_config(overrides=["users=40", "utility_users=7"])
+    sample = cfg.utility_sample(users)
+    assert len(sample) == 7 and set(sample) <= set(users) and sample == sorted(sample)
+    assert cfg.utility_sample(list(reversed(users))) == sample  # the users' order does not matter
+    assert load_config(overrides=["users=40", "utility_users=7", "seed=1"]).utility_sample(users) != sample
+    assert load_config(overrides=["users=40"]).utility_sample(users) == users  # 0: every user
+    assert load_config(overrides=["users=40", "utility_users=99"]).utility_sample(users) == users
+    with pytest.raises(ConfigError, match="utility_users"):
+        load_config(overrides=["utility_users=5", "utility_eval=clients"])

@@ -78,10 +78,13 @@ def truth():  # noqa: ANN201 - a UserTruth on 5 embedded users, both evaluators
 
 
 def test_identity_gain_is_zero_for_the_average_face_and_positive_for_the_users_own_photo(truth) -> None:  # noqa: ANN001
-    from fl_sim.core.scoring import score
+    from fl_sim.core.scoring import others_averages, score
 
     u = truth.users
-    others = torch.stack([torch.stack([truth.photos[v].mean(0) for v in u if v != w]).mean(0) for w in u])
+    others = others_averages([truth.photos[w].mean(0) for w in u])
+    # Those are the other users' mean photos, averaged (to float rounding), one per user.
+    plain = torch.stack([torch.stack([truth.photos[v].mean(0) for v in u if v != w]).mean(0) for w in u])
+    assert torch.allclose(others, plain, atol=1e-6)
     avg_rows = score(others, list(u), truth)
     for ev in truth.evaluators:  # the average of the other users *is* the zero of identity gain
         assert all(r[f"{ev}_identity_gain"] == pytest.approx(0.0, abs=1e-5) for r in avg_rows)

@@ -58,3 +58,18 @@ def test_bench_scale_refuses_more_users_than_there_are() -> None:
     r = subprocess.run([str(FL_SIM), "bench", "scale", "--users", "10,2000"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2 and "--users" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_inspect_table_of_a_big_run_is_bounded_and_says_what_it_left_out(tmp_path: Path) -> None:
+    from fl_sim.experiments.reports import TABLE_ROWS, inspect_report
+    from fl_sim.experiments.scale_bench import write_big_store
+
+    write_big_store(tmp_path / "runs" / "big", users=30, rounds=10, attacked=25)  # 250 attacks
+    doc, shown = inspect_report(tmp_path / "runs" / "big")
+    assert len(doc["attacks"]) == 250 and shown[0].row_count == TABLE_ROWS  # the document keeps every row
+    assert "50 more attack rows of 250" in str(shown[1])
+    _, every = inspect_report(tmp_path / "runs" / "big", limit=None)
+    assert every[0].row_count == 250 and not any("more attack rows" in str(s) for s in every)
+    one, shown = inspect_report(tmp_path / "runs" / "big", rnd=3)
+    assert {r["round"] for r in one["attacks"]} == {3} and shown[0].row_count == 25
+    assert [e["round"] for e in one["summary"]] == [3]

@@ -36,11 +36,13 @@ def export(run: str, runs_dir: Path = RUNS_DIR, as_json: bool = typer.Option(Tru
 
 
 def inspect(run: str, user: Optional[str] = typer.Option(None, "--user"), rnd: Optional[int] = typer.Option(None, "--round"),
-            runs_dir: Path = RUNS_DIR, as_json: bool = typer.Option(False, "--json")) -> None:
+            runs_dir: Path = RUNS_DIR, as_json: bool = typer.Option(False, "--json"),
+            show_all: bool = typer.Option(False, "--all", help="every attack row in the run's table (default: the "
+                                                                "first 200, by user and round)")) -> None:
     """Attacked rounds per user: similarity, re-identification rank, inferred vs true attributes."""
-    from fl_sim.experiments.reports import inspect_report
+    from fl_sim.experiments.reports import TABLE_ROWS, inspect_report
 
-    doc, shown = inspect_report(run_dir(runs_dir, run), user, rnd)
+    doc, shown = inspect_report(run_dir(runs_dir, run), user, rnd, limit=None if show_all else TABLE_ROWS)
     if as_json:
         print_json(doc)
         return

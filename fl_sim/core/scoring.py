@@ -9,6 +9,8 @@ becomes the headline.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +28,47 @@ def _embed(evaluator: str, images: torch.Tensor) -> np.ndarray:
     return emb
 
 
+class LazyPhotos(Mapping[str, torch.Tensor]):
+    """Users' photos read from their dataset when asked for, the last ``keep`` users' kept: a scorer over 1,000
+    users holds a few users' photos, not all of them."""
+
+    def __init__(self, dataset: str, size: int, count: int, users: list[str], keep: int = 16) -> None:
+        self.dataset, self.size, self.count, self.users, self.keep = dataset, size, count, list(users), keep
+        self._known = set(self.users)
+        self._kept: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    def __getitem__(self, user: str) -> torch.Tensor:
+        if user not in self._known:
+            raise KeyError(user)
+        if user in self._kept:
+            self._kept.move_to_end(user)
+            return self._kept[user]
+        from fl_sim.core.data import open_dataset
+
+        photos = open_dataset(self.dataset).photos(user, self.size)[:self.count]
+        self._kept[user] = photos
+        if len(self._kept) > self.keep:
+            self._kept.popitem(last=False)
+        return photos
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.users)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+def others_averages(means: list[torch.Tensor]) -> torch.Tensor:
+    """For each user, the mean of the *other* users' mean photos: (total - own) / (n - 1), summed in float64 so the
+    result does not depend on the order of the users, in O(n). One user: their own mean (there are no others)."""
+    if len(means) == 1:
+        return means[0][None].float()
+    total = torch.zeros_like(means[0], dtype=torch.float64)
+    for m in means:
+        total += m.double()
+    return torch.stack([((total - m.double()) / (len(means) - 1)).float() for m in means])
+
+
 @dataclass
 class UserTruth:
     """What the scorer (and only the scorer) knows about each user: their photos and attributes.
@@ -33,25 +76,35 @@ class UserTruth:
     ``embeddings[evaluator][user]`` are the user's photos' embeddings; ``average[evaluator][user]``
     is how similar the *average face of the other users* (the mean of their photos: a face with
     no one's identity) is to the user's photos — the zero of identity gain.
+
+    ``photos`` may be a ``LazyPhotos``: then each user's photos are read once to embed them (through the on-disk
+    embedding cache, ``fl_sim.core.evaluators.cache``) and again only for the users a reconstruction claims, so
+    what is held grows with the users by their embeddings (~6 KB a user) and nothing else.
     """
 
     users: list[str]
-    photos: dict[str, torch.Tensor]  # user -> (N, 3, H, W) in [-1, 1]
+    photos: Mapping[str, torch.Tensor]  # user -> (N, 3, H, W) in [-1, 1]
     attributes: dict[str, dict[str, str | None]]
     evaluators: tuple[str, ...] = EVALUATORS
     embeddings: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     average: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        means = {u: self.photos[u].float().mean(0) for u in self.users}
-        others = torch.stack([torch.stack([means[v] for v in self.users if v != u]).mean(0) if len(self.users) > 1
-                              else means[u] for u in self.users])
-        for ev in self.evaluators:
-            emb = self.embeddings.setdefault(ev, {})
-            for u in self.users:
+        from fl_sim.core.evaluators.cache import embed
+
+        means = []
+        for u in self.users:
+            photos = self.photos[u]
+            means.append(photos.float().mean(0))
+            for ev in self.evaluators:
+                emb = self.embeddings.setdefault(ev, {})
                 if u not in emb:
-                    emb[u] = _embed(ev, self.photos[u])
-            avg = _embed(ev, others)
+                    emb[u] = embed(ev, photos)
+        others = others_averages(means)
+        del means
+        for ev in self.evaluators:
+            emb = self.embeddings[ev]
+            avg = embed(ev, others)
             self.average[ev] = {u: float((emb[u] @ avg[i]).mean()) if len(self.users) > 1 else float("nan")
                                 for i, u in enumerate(self.users)}
 

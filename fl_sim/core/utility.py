@@ -18,11 +18,12 @@ class HoldoutEvaluator:
     Its numbers equal Flower's federated evaluation (example-weighted mean of the clients'
     metrics), without a message round per round. It holds no user's photos between rounds: each is read when it
     is evaluated (``user_batch``'s bounded cache), so its memory does not grow with the number of users.
+    With ``utility_users`` set it evaluates that fixed sample of users every round, so its time does not either.
     """
 
     def __init__(self, cfg: RunConfig, users: list[str]) -> None:
         self.cfg = cfg
-        self.users = users
+        self.users = cfg.utility_sample(users)
         self.heads = task_heads(cfg.task, users)
         self.model = build_model(cfg.model.name, self.heads, cfg.data.image_size, cfg.model.width, cfg.seed, cfg.model.norm)
 

@@ -46,13 +46,21 @@ def rounds_report(run_dir: Path) -> list[RenderableType]:
     return out
 
 
-def attacks_report(rows: list[dict[str, Any]], title: str) -> list[RenderableType]:
-    """Attacked rounds per user (both evaluators), then which defenses hide a single user's update."""
+# The whole-run table shows this many attack rows (a 1,000-attack run's table is neither readable nor quick to
+# draw: ~0.75 s in rich); the summary lines still cover every round, and --all, --user, --round or --json show more.
+TABLE_ROWS = 200
+
+
+def attacks_report(rows: list[dict[str, Any]], title: str, limit: int | None = None) -> list[RenderableType]:
+    """Attacked rounds per user (both evaluators), then which defenses hide a single user's update.
+    ``limit``: at most this many rows, by user then round, and a line saying how many more there are."""
     t = Table(title=title)
     for c in ("round", "user", "method", "status", *(f"{ev} sim / rank" for ev in EVALUATORS), "identity gain",
               "gender (inferred/true)", "age (inferred/true)", "defenses"):
         t.add_column(c)
-    for r in sorted(rows, key=lambda r: (str(r["user"]), r["round"], r["method"])):
+    ordered = sorted(rows, key=lambda r: (str(r["user"]), r["round"], r["method"]))
+    hidden = len(ordered) - limit if limit is not None and len(ordered) > limit else 0
+    for r in ordered[:len(ordered) - hidden]:
         who = r["user"] if r["user"] is not None else f"aggregate of {r['aggregate_size']}"
         cells = []
         for ev in EVALUATORS:
@@ -67,6 +75,9 @@ def attacks_report(rows: list[dict[str, Any]], title: str) -> list[RenderableTyp
                   f"{r['inferred_age_band'] or '-'}/{r['true_age_band'] or '-'}",
                   r["defenses"] + (f" (eps {r['dp_epsilon']:.3g})" if r.get("dp_epsilon") is not None else ""))
     out: list[RenderableType] = [t]
+    if hidden:
+        out.append(f"... and {hidden} more attack rows of {len(ordered)} (--all shows them; --user U or --round R "
+                   f"narrows; --json has every row)")
     # Which defenses hide a single user's update from this server, and which only look like they do.
     for d, sees in sorted({(r["defenses"], r["server_sees"]) for r in rows}):
         out.append(f"defenses {d}: {sees}")
@@ -119,8 +130,10 @@ def no_attacks_line(name: str, run: dict[str, Any]) -> str:
             f"users {att.get('users', 'all')}")
 
 
-def inspect_report(run_dir: Path, user: str | None = None, rnd: int | None = None) -> tuple[dict[str, Any], list[RenderableType]]:
-    """`fl-sim inspect`: (the JSON document, what the table view prints) for one user's panel or the whole run."""
+def inspect_report(run_dir: Path, user: str | None = None, rnd: int | None = None,
+                   limit: int | None = TABLE_ROWS) -> tuple[dict[str, Any], list[RenderableType]]:
+    """`fl-sim inspect`: (the JSON document, what the table view prints) for one user's panel or the whole run.
+    ``limit``: the whole run's table shows at most this many attack rows (None: all); the document has all."""
     from fl_sim.experiments.inspect_run import (attack_summary, attack_table, context_lines, detected_share,
                                                 detection_table, imprint_lines, imprint_rows, user_panel)
 
@@ -142,6 +155,10 @@ def inspect_report(run_dir: Path, user: str | None = None, rnd: int | None = Non
         detection = detection_table(st)
     finally:
         st.close()
+    if rnd is not None:  # one round of the whole run
+        rows, raw = [r for r in rows if r["round"] == rnd], [a for a in raw if a["round"] == rnd]
+        summary = [e for e in summary if e["round"] == rnd]
+        detection = [d for d in detection if d["round"] == rnd]
     doc = {"attacks": rows, "summary": summary}
     if detection:  # the clients checked what they received (defenses.model_check)
         doc.update({"detection": detection, "detected": detected_share(detection)})
@@ -149,7 +166,7 @@ def inspect_report(run_dir: Path, user: str | None = None, rnd: int | None = Non
         return doc, [no_attacks_line(run_dir.name, run), *detection_lines(detection)]
     if imprint := imprint_rows(raw):  # a malicious server's per-photo recoveries
         doc["imprint"] = imprint
-    return doc, [*attacks_report(rows, f"attacks in {run_dir.name}"), *summary_lines(summary), *imprint_lines(raw),
+    return doc, [*attacks_report(rows, f"attacks in {run_dir.name}", limit), *summary_lines(summary), *imprint_lines(raw),
                  *detection_lines(detection)]
 
 
