@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, make_face_folder
-from fl_sim.core.config import key_bounds
+from fl_sim.core.configkeys import key_bounds
 
 # Small runs, so a folder of a few photos per user is enough.
 SMALL = ["users=2", "rounds=1", "data.photos_per_user=2", "data.holdout_per_user=1"]

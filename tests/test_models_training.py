@@ -7,7 +7,7 @@ import torch
 
 from clients.training import local_train
 from fl_sim.core.models import evaluate
-from fl_sim.core.config import documented_keys
+from fl_sim.core.configkeys import documented_keys
 from fl_sim.core.models import MODELS, build_model, task_heads, task_loss, user_labels
 
 

@@ -8,7 +8,8 @@ import math
 import numpy as np
 import torch
 
-from fl_sim.core.config import RunConfig, documented_keys
+from fl_sim.core.config import RunConfig
+from fl_sim.core.configkeys import documented_keys
 from fl_sim.core.defenses import DEFENSES, sections
 from fl_sim.core.flwr_records import fitres_content, read_fitres, read_update, update_content
 from fl_sim.core.records import AttackResult, ClientUpdate, PrivacyFigures

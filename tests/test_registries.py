@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fl_sim.core.config import documented_keys, load_config
+from fl_sim.core.config import load_config
+from fl_sim.core.configkeys import documented_keys
 from fl_sim.core.errors import ConfigError
 
 

@@ -176,8 +176,8 @@ class RunConfig:
     utility_eval: str = _f("harness", "held-out accuracy per round: harness (the simulator evaluates every user's "
                                       "held-out photos; same numbers, no extra message round) | clients (Flower's "
                                       "federated evaluation)", choices=("harness", "clients"))
-    utility_users: int = _f(0, "harness: held-out accuracy on this many users, one sample fixed by the seed for "
-                               "every round (0: every user; at 1,000 users that is ~11 s a round on 2 cores)", min=0)
+    utility_users: int = _f(0, "harness: held-out accuracy of this many users (one seeded sample, every round; 0: all)",
+                            min=0)
     plugins: list[str] = _f([], "plugins imported before validation, to register datasets, models, defenses, attacks "
                                 "and priors: module names, module:callable, or paths (with a /) to a .py file or "
                                 "package folder (examples/README.md)")
@@ -218,13 +218,11 @@ class RunConfig:
 
     def utility_sample(self, users: list[str]) -> list[str]:
         """The users whose held-out accuracy is the run's utility: all, or ``utility_users`` of them by the seed."""
-        pool = sorted(users)
-        if not self.utility_users or self.utility_users >= len(pool):
-            return pool
-        return sorted(random.Random(f"{self.seed}:utility").sample(pool, self.utility_users))
+        spec = f"sample:{self.utility_users}" if self.utility_users else "all"
+        return choose_users(spec, users, f"utility:{self.seed}", "utility_users")
 
 
-def _is_section(tp: Any) -> bool:
+def is_section(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
@@ -295,7 +293,7 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str) -> None:
         if name not in fields:
             raise ConfigError(f"unknown config key '{key}' (fl-sim config show lists them)")
         tp = hints[name]
-        if _is_section(tp):
+        if is_section(tp):
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{key}' is a section; set its keys, e.g. '{key}.{dataclasses.fields(tp)[0].name}'")
             _apply(getattr(obj, name), value, f"{key}.")
@@ -386,8 +384,7 @@ def validate(cfg: RunConfig) -> None:
     if cfg.clients_in_round() > cfg.users:
         raise ConfigError(f"config key 'clients_per_round': {cfg.clients_in_round()} clients per round but only {cfg.users} users")
     if cfg.utility_users and cfg.utility_eval != "harness":
-        raise ConfigError("config key 'utility_users': a sample of users is the harness evaluation's "
-                          "(utility_eval=clients asks every client)")
+        raise ConfigError("config key 'utility_users': only with utility_eval=harness (clients: every client)")
     validate_defenses(cfg)
     validate_adversary(cfg)
     check_attack_prior(cfg.attack)
@@ -411,7 +408,7 @@ def to_toml(cfg: Any, prefix: str = "") -> str:
     hints = get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        if _is_section(hints[f.name]):
+        if is_section(hints[f.name]):
             sections.append(f"\n[{prefix}{f.name}]\n" + to_toml(value, f"{prefix}{f.name}."))
         else:
             scalars.append(f"# {doc_text(f.metadata)}\n{f.name} = {_toml_value(value)}")
@@ -426,34 +423,3 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     return repr(v)
-
-
-def documented_keys(cfg: Any | None = None, prefix: str = "") -> list[tuple[str, Any, str]]:
-    """(dotted key, value, doc) for every leaf key."""
-    cfg = cfg if cfg is not None else RunConfig()
-    out = []
-    hints = get_type_hints(type(cfg))
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if _is_section(hints[f.name]):
-            out.extend(documented_keys(value, f"{prefix}{f.name}."))
-        else:
-            out.append((f"{prefix}{f.name}", value, doc_text(f.metadata)))
-    return out
-
-
-BOUNDS = ("min", "max", "min_exclusive", "choices")
-
-
-def key_bounds(cfg: Any | None = None, prefix: str = "") -> list[tuple[str, Any, dict[str, Any]]]:
-    """(dotted key, default, bounds) for every leaf key that has a bound (min, max, min_exclusive, choices)."""
-    cfg = cfg if cfg is not None else RunConfig()
-    out: list[tuple[str, Any, dict[str, Any]]] = []
-    hints = get_type_hints(type(cfg))
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if _is_section(hints[f.name]):
-            out.extend(key_bounds(value, f"{prefix}{f.name}."))
-        elif bounds := {k: v for k, v in f.metadata.items() if k in BOUNDS}:
-            out.append((f"{prefix}{f.name}", value, bounds))
-    return out

@@ -51,7 +51,7 @@ def embed(evaluator: str, images: torch.Tensor | np.ndarray, root: Path | None =
     key = h.hexdigest()
     path = (root or cache_root()) / evaluator / key[:2] / f"{key}.npy"
     try:
-        hit = np.load(path)
+        hit: np.ndarray = np.load(path)
         if hit.shape[0] == len(arr):
             return hit
     except (OSError, ValueError):
