@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 
 def _cli(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str, str]:
@@ -64,3 +66,15 @@ def test_inconsistency_under_secagg_is_a_row_with_leakage_detection_and_cost(
     assert code == 0, err
     assert "inconsistency" in out and (tmp_path / "fig.png").stat().st_size > 0
     assert "<!-- bench-adversary:fedsgd:b8:begin -->" in (tmp_path / "B.md").read_text()
+
+
+def test_pair_psnr_and_the_flagged_count_known_answers() -> None:
+    from fl_sim.core.scoring import pair_psnr
+    from fl_sim.experiments.adversary_report import flagged_count
+
+    zero = torch.zeros(1, 3, 4, 4)
+    table = pair_psnr(zero, torch.stack([zero[0], zero[0] + 0.1]))  # mse 0 (floored at 1e-10), then 0.01
+    assert table.shape == (1, 2) and table[0, 0] == pytest.approx(10 * np.log10(4e10))
+    assert table[0, 1] == pytest.approx(10 * np.log10(400), abs=1e-4)
+    assert flagged_count({"false_positives": 2, "false_positive_rate": 0.9, "honest_rounds": 8}) == 2
+    assert flagged_count({"false_positive_rate": 0.25, "honest_rounds": 8}) == 2  # a result saved before the count

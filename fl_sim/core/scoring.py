@@ -184,7 +184,7 @@ def score(images: torch.Tensor, claimed: list[str | None], truth: UserTruth) -> 
         row["psnr_mean_photo"] = psnr(images[i:i + 1], mean_photo)
         row["ssim_mean_photo"] = ssim(images[i:i + 1], mean_photo)
         # As a per-photo recovery (the malicious server's measure): one image can stand for at most one photo.
-        best = float(_pair_psnr(images[i:i + 1].float(), truth.photos[user].float()).max())
+        best = float(pair_psnr(images[i:i + 1].float(), truth.photos[user].float()).max())
         row["psnr_best_photo"] = best
         row["photos_recovered"] = int(best >= RECOVERED_PSNR) / len(truth.photos[user])
     return rows
@@ -194,7 +194,7 @@ def score(images: torch.Tensor, claimed: list[str | None], truth: UserTruth) -> 
 RECOVERED_PSNR = 25.0  # a photo counts as recovered when its matched candidate is at least this close (dB)
 
 
-def _pair_psnr(cands: torch.Tensor, photos: torch.Tensor) -> np.ndarray:
+def pair_psnr(cands: torch.Tensor, photos: torch.Tensor) -> np.ndarray:
     """PSNR (dB, as ``fl_sim.core.metrics.psnr``) of every candidate against every photo: (n, m)."""
     mse = ((cands.clamp(-1, 1)[:, None] - photos[None]) ** 2).flatten(2).mean(2).clamp_min(1e-10)
     out: np.ndarray = (10 * torch.log10(4.0 / mse)).double().numpy()
@@ -205,7 +205,7 @@ def best_photo_psnr(cands: torch.Tensor, user: str, truth: UserTruth) -> list[fl
     """Per candidate: its PSNR (dB) against the closest of the user's photos."""
     if not len(cands):
         return []
-    return [float(v) for v in _pair_psnr(cands.float(), truth.photos[user].float()).max(1)]
+    return [float(v) for v in pair_psnr(cands.float(), truth.photos[user].float()).max(1)]
 
 
 def score_photos(cands: torch.Tensor, user: str, truth: UserTruth,
@@ -224,7 +224,7 @@ def score_photos(cands: torch.Tensor, user: str, truth: UserTruth,
                            "recovered_psnr_threshold": RECOVERED_PSNR}
     if not len(cands):
         return {**out, "photos": [], "photos_recovered": 0.0, "psnr_matched_mean": None}, []
-    table = _pair_psnr(cands.float(), photos)
+    table = pair_psnr(cands.float(), photos)
     rows, cols = linear_sum_assignment(-table)
     pairs = sorted(zip(rows.tolist(), cols.tolist()), key=lambda p: p[1])
     embs = {ev: _embed(ev, torch.stack([cands[i] for i, _ in pairs]).clamp(-1, 1)) for ev in truth.evaluators}

@@ -13,6 +13,7 @@ from fl_sim.core.config import RunConfig, load_config
 from fl_sim.core.errors import FlSimError
 from fl_sim.core.stats import bootstrap_ci
 from fl_sim.core.store import RunStore
+from fl_sim.experiments.adversary_report import flagged_count
 
 TACTICS = ("curious", "imprint", "inconsistency")
 # Defense cells: what each turns on (model_check always runs: flag everywhere, refuse where it is the defense).
@@ -126,6 +127,11 @@ def _finite(v: Any) -> float | None:
     return f if f == f else None
 
 
+def fp_rate(flagged: int, honest: int) -> float | None:
+    """Honest rounds the model check flagged, as a share (None: no honest round)."""
+    return flagged / honest if honest else None
+
+
 def cell_row(st: RunStore, cfg: RunConfig, plan: Plan, tactic: str, defense: str, batch: int,
              wall_s: float) -> dict[str, Any]:
     """One row of the bench from a finished run's store: per user the best of the methods (the server runs them all),
@@ -184,7 +190,7 @@ def cell_row(st: RunStore, cfg: RunConfig, plan: Plan, tactic: str, defense: str
     tactic_rounds = sorted(crafted)
     honest = [r for r in rounds if r not in crafted]
     detected = (sum(bool(flagged.get(r)) for r in tactic_rounds) / len(tactic_rounds)) if tactic_rounds else None
-    fp = sum(bool(flagged.get(r)) for r in honest) / len(honest) if honest else None
+    flagged_honest = sum(bool(flagged.get(r)) for r in honest)
     able = [len(flagged.get(r, [])) / max(len(checks.get(r, {})), 1) for r in tactic_rounds]
     refused = [u for r in tactic_rounds for u, c in checks.get(r, {}).items() if c.get("refused")]
     photos, photos_ci = summary("photos_recovered")
@@ -195,8 +201,9 @@ def cell_row(st: RunStore, cfg: RunConfig, plan: Plan, tactic: str, defense: str
         "photos_recovered": photos, "photos_recovered_ci": photos_ci,
         "photos_recovered_cleaned": cleaned, "photos_recovered_cleaned_ci": cleaned_ci, "cleaning": cleaning or None,
         "reid_top1": reid, "reid_top1_ci": reid_ci, "reid_chance": 1 / len(users),
-        "detected": detected if tactic != "curious" else fp,
-        "false_positive_rate": fp, "honest_rounds": len(honest), "tactic_rounds": len(tactic_rounds),
+        "detected": detected if tactic != "curious" else fp_rate(flagged_honest, len(honest)),
+        "false_positives": flagged_honest, "false_positive_rate": fp_rate(flagged_honest, len(honest)),
+        "honest_rounds": len(honest), "tactic_rounds": len(tactic_rounds),
         "clients_detecting": sum(able) / len(able) if able else None, "refusals": len(refused),
         "seconds_per_user": seconds / len(attacked) if attacked else None, "wall_s": wall_s,
         "attacked_users": len(attacked), "statuses": statuses,
@@ -236,10 +243,9 @@ def mean_photo_reference(plan: Plan, batch: int) -> dict[str, Any]:
     the share of their photos it "recovers" under the bench's rule (one photo per candidate), and the share of
     photos within 25 dB of it. A reconstruction of the user's average look can pass the threshold this often."""
     import numpy as np
-    import torch
 
     from fl_sim.core.data import open_dataset
-    from fl_sim.core.scoring import RECOVERED_PSNR
+    from fl_sim.core.scoring import RECOVERED_PSNR, pair_psnr
     from fl_sim.federation import prepare_users
 
     cfg = load_config(None, cell_overrides(plan, *CELLS[0], batch))
@@ -247,10 +253,9 @@ def mean_photo_reference(plan: Plan, batch: int) -> dict[str, Any]:
     one, within = [], []
     for u in prepare_users(cfg):
         photos = ds.photos(u.user, cfg.data.image_size)[:batch].float()
-        mse = ((photos - photos.mean(0, keepdim=True)) ** 2).flatten(1).mean(1).clamp_min(1e-10)
-        db = 10 * torch.log10(4.0 / mse)
+        db = pair_psnr(photos.mean(0, keepdim=True), photos)[0]  # the mean photo against each photo
         one.append(float(db.max() >= RECOVERED_PSNR) / len(photos))
-        within.append(float((db >= RECOVERED_PSNR).float().mean()))
+        within.append(float((db >= RECOVERED_PSNR).mean()))
     return {"batch_size": batch, "mean_photo_photos_recovered": float(np.mean(one)),
             "photos_within_25db_of_mean_photo": float(np.mean(within)),
             "users_with_a_photo_within_25db_of_mean": int(sum(v > 0 for v in one)), "users": len(one)}
@@ -260,7 +265,7 @@ def summarise(plan: Plan, rows: list[dict[str, Any]], runs_dir: Path) -> dict[st
     """The bench's result: its settings, the rows, and the false positives over every honest round of the bench."""
     first = load_config(None, cell_overrides(plan, *CELLS[0], plan.batch_sizes[0]))
     honest = sum(r["honest_rounds"] for r in rows)
-    flagged = sum(round((r["false_positive_rate"] or 0) * r["honest_rounds"]) for r in rows)
+    flagged = sum(flagged_count(r) for r in rows)
     return {"config": {"users": plan.users, "batch_sizes": list(plan.batch_sizes), "protocol": plan.protocol,
                        "dataset": first.data.dataset, "image_size": first.data.image_size,
                        "warmup_rounds": plan.warmup, "targets": plan.targets, "methods": list(plan.methods),
@@ -268,7 +273,7 @@ def summarise(plan: Plan, rows: list[dict[str, Any]], runs_dir: Path) -> dict[st
                        "model_check_wait_s": plan.wait_s, "imprint_clean_noise": plan.clean_noise, "seed": plan.seed, "overrides": list(plan.overrides)},
             "rows": rows,
             "false_positives": {"honest_rounds": honest, "flagged": flagged,
-                                "rate": flagged / honest if honest else None},
+                                "rate": fp_rate(flagged, honest)},
             "runs_dir": str(runs_dir.resolve())}
 
 

@@ -10,6 +10,13 @@ COLUMNS = ("tactic", "defense", "batch", "photos ≥25 dB", "… mixed bins prio
            "honest rounds flagged", "s/user", "wall s")
 
 
+def flagged_count(row: dict[str, Any]) -> int:
+    """A row's flagged honest rounds; results saved before rows carried the count give it from the rate."""
+    if "false_positives" in row:
+        return int(row["false_positives"])
+    return round((row["false_positive_rate"] or 0) * row["honest_rounds"])
+
+
 def _ci(v: Any, ci: Any, digits: int = 2) -> str:
     if v is None:
         return "–"
@@ -21,7 +28,7 @@ def _num(v: Any, digits: int) -> str:
 
 
 def _cells(r: dict[str, Any]) -> list[str]:
-    fp = f"{round((r['false_positive_rate'] or 0) * r['honest_rounds'])}/{r['honest_rounds']}"
+    fp = f"{flagged_count(r)}/{r['honest_rounds']}"
     # Shares of photos to 3 places: the curious server's ceiling is one photo in 32 per user.
     return [r["tactic"], r["defense"], str(r["batch_size"]), _ci(r["photos_recovered"], r["photos_recovered_ci"], 3),
             _ci(r.get("photos_recovered_cleaned"), r.get("photos_recovered_cleaned_ci"), 3),
