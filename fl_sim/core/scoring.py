@@ -36,6 +36,7 @@ class LazyPhotos(Mapping[str, torch.Tensor]):
         self.dataset, self.size, self.count, self.users, self.keep = dataset, size, count, list(users), keep
         self._known = set(self.users)
         self._kept: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._ds: Any = None  # opened at the first read, then kept (a folder dataset scans its folder when opened)
 
     def __getitem__(self, user: str) -> torch.Tensor:
         if user not in self._known:
@@ -43,9 +44,11 @@ class LazyPhotos(Mapping[str, torch.Tensor]):
         if user in self._kept:
             self._kept.move_to_end(user)
             return self._kept[user]
-        from fl_sim.core.data import open_dataset
+        if self._ds is None:
+            from fl_sim.core.data import open_dataset
 
-        photos = open_dataset(self.dataset).photos(user, self.size)[:self.count]
+            self._ds = open_dataset(self.dataset)
+        photos: torch.Tensor = self._ds.photos(user, self.size)[:self.count]
         self._kept[user] = photos
         if len(self._kept) > self.keep:
             self._kept.popitem(last=False)

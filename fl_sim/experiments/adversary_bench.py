@@ -191,6 +191,7 @@ def cell_row(st: RunStore, cfg: RunConfig, plan: Plan, tactic: str, defense: str
     honest = [r for r in rounds if r not in crafted]
     detected = (sum(bool(flagged.get(r)) for r in tactic_rounds) / len(tactic_rounds)) if tactic_rounds else None
     flagged_honest = sum(bool(flagged.get(r)) for r in honest)
+    fp = fp_rate(flagged_honest, len(honest))
     able = [len(flagged.get(r, [])) / max(len(checks.get(r, {})), 1) for r in tactic_rounds]
     refused = [u for r in tactic_rounds for u, c in checks.get(r, {}).items() if c.get("refused")]
     photos, photos_ci = summary("photos_recovered")
@@ -201,8 +202,8 @@ def cell_row(st: RunStore, cfg: RunConfig, plan: Plan, tactic: str, defense: str
         "photos_recovered": photos, "photos_recovered_ci": photos_ci,
         "photos_recovered_cleaned": cleaned, "photos_recovered_cleaned_ci": cleaned_ci, "cleaning": cleaning or None,
         "reid_top1": reid, "reid_top1_ci": reid_ci, "reid_chance": 1 / len(users),
-        "detected": detected if tactic != "curious" else fp_rate(flagged_honest, len(honest)),
-        "false_positives": flagged_honest, "false_positive_rate": fp_rate(flagged_honest, len(honest)),
+        "detected": detected if tactic != "curious" else fp,
+        "false_positives": flagged_honest, "false_positive_rate": fp,
         "honest_rounds": len(honest), "tactic_rounds": len(tactic_rounds),
         "clients_detecting": sum(able) / len(able) if able else None, "refusals": len(refused),
         "seconds_per_user": seconds / len(attacked) if attacked else None, "wall_s": wall_s,

@@ -59,8 +59,9 @@ def attacks_report(rows: list[dict[str, Any]], title: str, limit: int | None = N
               "gender (inferred/true)", "age (inferred/true)", "defenses"):
         t.add_column(c)
     ordered = sorted(rows, key=lambda r: (str(r["user"]), r["round"], r["method"]))
-    hidden = len(ordered) - limit if limit is not None and len(ordered) > limit else 0
-    for r in ordered[:len(ordered) - hidden]:
+    shown = ordered if limit is None else ordered[:limit]
+    hidden = len(ordered) - len(shown)
+    for r in shown:
         who = r["user"] if r["user"] is not None else f"aggregate of {r['aggregate_size']}"
         cells = []
         for ev in EVALUATORS:

@@ -12,20 +12,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from fl_sim.core.data.folders import FolderFaces
-from fl_sim.core.assets import ASSET_ROOT
+from fl_sim.core.assets import ASSET_ROOT, cache_dir
 from fl_sim.core.errors import DataError
 
 ASSET_DIR = ASSET_ROOT / "synthshift"
 ARCHIVE = ASSET_DIR / "users.zip"
 MANIFEST = ASSET_DIR / "manifest.json"
-
-
-def cache_dir() -> Path:
-    """Where extracted archives live: $FL_SIM_CACHE, else $XDG_CACHE_HOME/fl-sim, else ~/.cache/fl-sim."""
-    if os.environ.get("FL_SIM_CACHE"):
-        return Path(os.environ["FL_SIM_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "fl-sim"
 
 
 def extract_once(archive: Path, cache: Path) -> Path:

@@ -19,14 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fl_sim.core.assets import cache_dir
 from fl_sim.core.evaluators.face import identity_embedder
 from fl_sim.core.evaluators.images import to_uint8_hwc
 
 
 def cache_root() -> Path:
     """$FL_SIM_CACHE/embeddings, else $XDG_CACHE_HOME/fl-sim/embeddings, else ~/.cache/fl-sim/embeddings."""
-    from fl_sim.core.data.synthshift import cache_dir
-
     return cache_dir() / "embeddings"
 
 
