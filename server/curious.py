@@ -18,6 +18,7 @@ from fl_sim.core.config import RunConfig
 from fl_sim.core.errors import error_line
 from fl_sim.core.defenses import shared_record
 from fl_sim.core.models import Head
+from fl_sim.core.priors import resolve_prior
 from fl_sim.core.records import AttackResult, ClientUpdate
 from fl_sim.core.store import RunStore
 from server.adversary import recovered_update
@@ -246,7 +247,7 @@ class AttackDispatcher:
         job = AttackJob(job_id=self._next_id, round=rnd, observations=obs, targets=targets, methods=run_methods,
                         attack_configs={m: method_config(m, iterations=a.iterations, seed=self.cfg.seed)
                                         for m in run_methods if m in ATTACKS},
-                        prior=a.prior,
+                        prior=resolve_prior(a.prior, self.cfg.data.image_size),
                         dataset=self.cfg.data.dataset, image_size=self.cfg.data.image_size,
                         photos_per_user=self.cfg.data.photos_per_user, run_users=list(self.users),
                         run_dir=str(self.run_dir), notes=dict(notes or {}))

@@ -38,3 +38,11 @@ def test_methods_are_compared_pairwise_and_a_lead_needs_an_interval_excluding_ze
             assert c["ci"][0] > 0 or c["ci"][1] < 0
     text = attack_markdown(res)
     assert "null re-id" in text and "sface" in text and "dlib" in text and "[" in text
+
+
+def test_64px_the_model_photos_and_prior_follow_the_size() -> None:
+    res = bench_attack(users=2, batch_sizes=[4], methods=["diffusion"], rounds=[0], protocol="fedsgd",
+                       iterations=2, seeds=[0], nulls=False, size=64)
+    assert res["image_size"] == 64 and res["prior"] == "faces64"
+    assert all(img.shape[-2:] == (64, 64) for img in res["images"]["diffusion"][0].values())
+    assert {r["batch_size"] for r in res["rows"]} == {4}

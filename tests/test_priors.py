@@ -133,23 +133,37 @@ def test_build_unet_matches_spec() -> None:
     assert unet.config.sample_size == 8 and tuple(unet.config.block_out_channels) == (8, 16)
 
 
-def test_embedded_prior_matches_its_manifest_and_denoises() -> None:
+@pytest.mark.parametrize("name,size", [("faces32", 32), ("faces64", 64)])
+def test_embedded_prior_matches_its_manifest_and_denoises(name: str, size: int) -> None:
     import hashlib
 
     from fl_sim.core.priors import PRIORS, open_prior as load_prior
 
-    root = PRIORS["faces32"]
+    root = PRIORS[name]
     manifest = json.loads((root / "manifest.json").read_text())
-    for name, meta in manifest["files"].items():
-        assert hashlib.sha256((root / name).read_bytes()).hexdigest() == meta["sha256"], name
-    prior = load_prior("faces32", device="cpu")
-    assert prior.size == 32
+    assert manifest["prior"] == name and "unet/diffusion_pytorch_model.safetensors" in manifest["files"]
+    for file, meta in manifest["files"].items():
+        assert hashlib.sha256((root / file).read_bytes()).hexdigest() == meta["sha256"], file
+    assert sum(meta["bytes"] for meta in manifest["files"].values()) <= 40 * 1024 * 1024
+    prior = load_prior(name, device="cpu")
+    assert prior.size == size
     # a known-answer sanity check: the one-step estimate from a noised smooth image is closer
     # to it than the noisy input is
-    x = torch.zeros(4, 3, 32, 32)
+    x = torch.zeros(4, 3, size, size)
     x[:, 0] = 0.5
     t = prior.t_for_noise_std(0.5)
     y = x + 0.5 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         est = prior.x0(prior.alpha_bar(t).sqrt() * y, t)
     assert float(((est - x) ** 2).mean()) < float(((y - x) ** 2).mean())
+
+
+def test_auto_prior_follows_the_image_size() -> None:
+    from fl_sim.core.config import load_config
+    from fl_sim.core.priors import prior_for_size, resolve_prior
+
+    assert [prior_for_size(s) for s in (16, 32, 48, 64, 128)] == ["faces32", "faces32", "faces32", "faces64", "faces64"]
+    assert resolve_prior("auto", 64) == "faces64" and resolve_prior("faces32", 64) == "faces32"
+    assert load_config(None, []).attack.prior == "faces32"
+    assert load_config(None, ["data.image_size=64"]).attack.prior == "faces64"  # the run records the resolved prior
+    assert load_config(None, ["data.image_size=64", "attack.prior=faces32"]).attack.prior == "faces32"

@@ -27,7 +27,10 @@ def parse_mus(text: str) -> list[float]:
 
 def audit(mu: str = typer.Option("1,2,4,8,16,32", "--mu", help="comma-separated μ = C/σ = 1/noise multiplier"),
           data: str = typer.Option("synthfaces:users", "--data", help="audited images (never the prior's split)"),
-          prior: str = typer.Option("faces32", "--prior", help="faces32 (embedded) | a diffusers folder | a hub id"),
+          prior: str = typer.Option("auto", "--prior", help="auto (the embedded prior at --size) | faces32 | faces64 | "
+                                    "a diffusers folder | a hub id"),
+          size: Optional[int] = typer.Option(None, "--size", help="image side, 32 or 64 [default: the prior's; 32 "
+                                             "with --prior auto]"),
           images: int = typer.Option(16, "--images", help="how many images to audit"),
           seed: int = typer.Option(0, "--seed"),
           ddim_steps: Optional[int] = typer.Option(None, "--ddim-steps", help="reverse steps from t(μ) to 0 [default: 10]"),
@@ -68,7 +71,7 @@ def audit(mu: str = typer.Option("1,2,4,8,16,32", "--mu", help="comma-separated 
         raise FlSimError(f"--samples {samples}: needs to be >= 1, and --eta > 0 when > 1 (else the samples are identical)")
     if steps < 1 or not (0 < sample_rate <= 1):
         raise FlSimError(f"--steps {steps} / --sample-rate {sample_rate}: expected steps >= 1 and 0 < rate <= 1")
-    settings = AuditSettings(data=data, prior=prior, images=images, seed=seed, ddim_steps=ddim_steps, dc=dc,
+    settings = AuditSettings(data=data, prior=prior, size=size, images=images, seed=seed, ddim_steps=ddim_steps, dc=dc,
                              samples=samples, eta=eta, steps=steps, sample_rate=sample_rate)
     with Bar(err, "audit", print_kwargs={"highlight": False}) as bar:
         res = run_audit(mus, settings, eps_labels=eps_labels, progress=lambda m: bar.say(f"audit: {m}"), step=bar.step)

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import typer
 
-from fl_sim.cli.common import PRIOR, err, int_list, out, print_all, print_json
+from fl_sim.cli.common import PRIOR_AUTO, err, int_list, out, print_all, print_json
 from fl_sim.core.errors import FlSimError
 
 app = typer.Typer(no_args_is_help=True, help="Benchmarks (numbers go to docs/BENCHMARKS.md).")
@@ -75,7 +75,9 @@ def bench_deploy_cmd(as_json: bool = typer.Option(False, "--json"),
 def bench_attack_cmd(users: int = typer.Option(20, "--users"), batch_sizes: str = typer.Option("32", "--batch-sizes"),
                      methods: str = typer.Option("ig,diffusion", "--methods"),
                      rounds: str = typer.Option("0", "--round", help="round(s) of the default federation to attack, e.g. 5 or 0,5"),
-                     protocol: str = typer.Option("fedsgd", "--protocol"), prior: str = PRIOR,
+                     protocol: str = typer.Option("fedsgd", "--protocol"), prior: str = PRIOR_AUTO,
+                     size: int = typer.Option(32, "--size", help="image side (data.image_size): 32 or 64; the model "
+                                              "follows it, and --prior auto picks the embedded prior of that size"),
                      iterations: Optional[int] = typer.Option(None, "--iterations"),
                      seeds: str = typer.Option("0", "--seeds", help="seeds to pool (model training and attack), e.g. 0,1"),
                      data: str = typer.Option("synthfaces", "--data", help="the users' dataset spec (e.g. synthshift)"),
@@ -104,11 +106,11 @@ def bench_attack_cmd(users: int = typer.Option(20, "--users"), batch_sizes: str 
     with Bar(err, "attacks") as bar:
         res = bench_attack(users=users, batch_sizes=sizes, methods=wanted, rounds=rnds, protocol=protocol,
                            prior_spec=prior, iterations=iterations, seeds=seed_list, dataset=data, nulls=nulls,
-                           progress=bar.say, step=bar.step)
+                           size=size, progress=bar.say, step=bar.step)
     if figure:
         err.print(f"figure: {attack_figure(res, figure)}")
     if doc:
-        key = f"bench-attack:{protocol}" + ("" if data == "synthfaces" else f":{data}")
+        key = f"bench-attack:{protocol}" + ("" if data == "synthfaces" else f":{data}") + ("" if size == 32 else f":{size}")
         write_doc_section(doc, key, attack_markdown(res))
         err.print(f"tables written to {doc}")
     if as_json:

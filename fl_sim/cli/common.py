@@ -43,7 +43,9 @@ err = TermConsole(stderr=True)
 
 RUNS_DIR = typer.Option(Path("runs"), "--runs-dir", help="folder holding run folders")
 CONFIG = typer.Option(None, "--config", help="TOML run config")
-PRIOR = typer.Option("faces32", "--prior", help="faces32 (embedded) | a diffusers folder | a hub id")
+PRIOR = typer.Option("faces32", "--prior", help="faces32 | faces64 (embedded) | a diffusers folder | a hub id")
+PRIOR_AUTO = typer.Option("auto", "--prior", help="auto (the embedded prior at --size) | faces32 | faces64 | a diffusers "
+                                                  "folder | a hub id")
 
 
 def print_json(obj: Any) -> None:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from fl_sim.cli.common import PRIOR, err, out, print_all, print_json
+from fl_sim.cli.common import PRIOR, err, int_list, out, print_all, print_json
+from fl_sim.core.errors import FlSimError
 
 app = typer.Typer(no_args_is_help=True, help="Diffusion priors: train, sample, evaluate.")
 
@@ -17,13 +18,24 @@ def prior_train(data: str = typer.Option("synthfaces:prior", "--data"), size: in
                 out_dir: Path = typer.Option(Path(".cache/prior-train"), "--out"),
                 resume: bool = typer.Option(False, "--resume", help="continue from OUT/checkpoint.pt"),
                 checkpoint_every: int = typer.Option(1000, "--checkpoint-every"),
+                channels: str = typer.Option("32,64,128", "--channels", help="UNet widths per level (faces64: 32,64,96,128)"),
+                device: str = typer.Option("cpu", "--device", help="cpu | cuda (the random draws stay on the CPU)"),
                 max_minutes: float = typer.Option(0.0, "--max-minutes", help="stop (and checkpoint) after this long")) -> None:
     """Train a DDPM prior on a prior split (never the users), resumable; writes diffusers format."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from fl_sim.experiments.prior_train import PriorTrainSpec, train_prior
 
-    spec = PriorTrainSpec(data=data, size=size, steps=steps, batch_size=batch_size, checkpoint_every=checkpoint_every)
+    widths = tuple(int_list("--channels", channels, 1))
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise FlSimError(f"--device: expected cpu or cuda[:N], got {device!r}")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise FlSimError(f"--device {device}: torch sees no CUDA device here")
+    spec = PriorTrainSpec(data=data, size=size, steps=steps, batch_size=batch_size, checkpoint_every=checkpoint_every,
+                          channels=widths)
     with Progress(TextColumn("prior"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.4f}"),
                   TimeRemainingColumn(), console=err) as bar:
         task = bar.add_task("train", total=steps, loss=float("nan"))
@@ -31,7 +43,7 @@ def prior_train(data: str = typer.Option("synthfaces:prior", "--data"), size: in
         def progress(step: int, loss: float, seconds: float) -> None:
             bar.update(task, completed=step, loss=loss)
 
-        info = train_prior(spec, out_dir, resume=resume, progress=progress,
+        info = train_prior(spec, out_dir, resume=resume, progress=progress, device=device,
                            max_seconds=max_minutes * 60 if max_minutes > 0 else None)
     out.print(f"prior at {out_dir}: {info['steps']} steps, {info['seconds'] / 60:.1f} min; samples {out_dir / 'samples.png'}")
 

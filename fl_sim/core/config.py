@@ -85,7 +85,8 @@ class AttackPolicyConfig:
     every: int = _f(5, "attack every k-th round when 'rounds' is empty (5: rounds 1, 6, 11, ...)", min=1)
     users: str = _f("all", "users to attack: all | half | sample:N (seeded) | comma-separated user ids")
     iterations: int = _f(400, "optimisation iterations per attack", min=1)
-    prior: str = _f("faces32", lambda: f"diffusion prior: {_listing('prior')} | diffusers folder | hub id")
+    prior: str = _f("auto", lambda: f"diffusion prior: auto (the embedded one at data.image_size) | {_listing('prior')} "
+                                     "| diffusers folder | hub id")
     queue_size: int = _f(8, "attack jobs in flight before the queue is full", min=1)
     when_full: str = _f("wait", "full queue: wait for a slot | drop the job (recorded as dropped)",
                         choices=("wait", "drop"))
@@ -335,6 +336,9 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None) ->
     for values in sources:
         _apply(cfg, values, "")
         _implied(cfg, values)
+    from fl_sim.core.priors import resolve_prior
+
+    cfg.attack.prior = resolve_prior(cfg.attack.prior, cfg.data.image_size)  # the run records which prior
     validate(cfg)
     return cfg
 

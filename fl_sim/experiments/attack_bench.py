@@ -15,7 +15,7 @@ from fl_sim.core.config import RunConfig, load_config
 from fl_sim.core.fmt import format_ci
 
 
-def attacked_model(users: int, rnd: int, seed: int = 0, dataset: str | None = None
+def attacked_model(users: int, rnd: int, seed: int = 0, dataset: str | None = None, size: int = 32
                    ) -> tuple[RunConfig, torch.nn.Module, list[str]]:
     """The default federation's global model after ``rnd`` FedAvg rounds (0: untrained), reproducibly.
 
@@ -25,7 +25,7 @@ def attacked_model(users: int, rnd: int, seed: int = 0, dataset: str | None = No
     from fl_sim.core.models import build_model, task_heads
 
     data = [f"data.dataset={dataset}"] if dataset else []
-    cfg = load_config(None, [f"users={users}", f"rounds={max(rnd, 1)}", f"seed={seed}", *data])
+    cfg = load_config(None, [f"users={users}", f"rounds={max(rnd, 1)}", f"seed={seed}", f"data.image_size={size}", *data])
     ids = [u.user for u in prepare_users(cfg)]
     if rnd == 0:
         return cfg, build_model(cfg.model.name, task_heads(cfg.task, ids), cfg.data.image_size, cfg.model.width, cfg.seed, cfg.model.norm), ids
@@ -66,8 +66,8 @@ NULLS = ("zero", "outsider")
 
 
 def bench_attack(*, users: int, batch_sizes: list[int], methods: list[str], rounds: list[int], protocol: str,
-                 prior_spec: str = "faces32", iterations: int | None = None, seeds: list[int] | None = None,
-                 dataset: str | None = None, nulls: bool = True,
+                 prior_spec: str = "auto", iterations: int | None = None, seeds: list[int] | None = None,
+                 dataset: str | None = None, nulls: bool = True, size: int = 32,
                  progress: Callable[[str], None] | None = None,
                  step: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Each method on every user's update, same models and seeds; scored by both face evaluators.
@@ -87,7 +87,10 @@ def bench_attack(*, users: int, batch_sizes: list[int], methods: list[str], roun
     from fl_sim.core.priors import open_prior
     from fl_sim.core.scoring import UserTruth, score
 
+    from fl_sim.core.priors import resolve_prior
+
     seeds = seeds or [0]
+    prior_spec = resolve_prior(prior_spec, size)
     prior = open_prior(prior_spec) if "diffusion" in methods else None
     over = {} if iterations is None else {"iterations": iterations}
     acfgs = {(m, s): method_config(m, seed=s, **over) for m in methods for s in seeds}
@@ -110,7 +113,7 @@ def bench_attack(*, users: int, batch_sizes: list[int], methods: list[str], roun
         for rnd in rounds:
             if progress:
                 progress(f"seed {seed}, round {rnd}: training the default federation's global model ({users} users, {spec})")
-            cfg, model, ids = attacked_model(users, rnd, seed, dataset)
+            cfg, model, ids = attacked_model(users, rnd, seed, dataset, size)
             cfg = replace(cfg, protocol=protocol)
             heads = task_heads(cfg.task, ids)
             if not all_photos:
@@ -158,7 +161,7 @@ def bench_attack(*, users: int, batch_sizes: list[int], methods: list[str], roun
     return {"rows": rows, "comparisons": _comparisons(records, methods, rounds, batch_sizes),
             "agreement": _agreement(records, methods, rounds, batch_sizes),
             "context": context, "references": refs, "images": images_out, "users": ids, "seeds": seeds,
-            "dataset": spec, "outsiders": outsiders, "chance_reid_top1": 1.0 / len(ids),
+            "dataset": spec, "image_size": size, "prior": prior_spec if prior is not None else None, "outsiders": outsiders, "chance_reid_top1": 1.0 / len(ids),
             "photos": {u: all_photos[u][:4] for u in ids},
             "attack_config": {m: {k: getattr(c, k) for k in c.__dataclass_fields__ if k != "seed"}
                               for (m, s), c in acfgs.items() if s == seeds[0]}}

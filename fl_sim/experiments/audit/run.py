@@ -28,7 +28,8 @@ class AuditSettings:
     """Everything an audit needs besides the μ list; defaults are the measured ones (docs/AUDIT.md)."""
 
     data: str = "synthfaces:users"
-    prior: str = "faces32"
+    prior: str = "auto"             # the embedded prior at ``size`` (faces32 | faces64)
+    size: int | None = None         # image side; default: the prior's (32 with ``auto``)
     images: int = 16
     seed: int = 0
     ddim_steps: int = 10
@@ -82,8 +83,9 @@ def validate(mus: Sequence[float], images: int) -> None:
 
 
 def audit_targets(ds: Any, n: int, size: int) -> tuple[torch.Tensor, list[dict[str, str | None]], list[str]]:
-    """n audited photos: user i mod U, counting photos from the last, so photos 0..7 stay for calibration."""
-    from fl_sim.core.data.base import to_tensor
+    """n audited photos: user i mod U, counting back from the last of the first EVAL_PHOTOS, so photos 0..7
+    stay for calibration."""
+    from fl_sim.core.data.base import EVAL_PHOTOS, to_tensor
 
     users = ds.users()
     if not users:
@@ -93,7 +95,7 @@ def audit_targets(ds: Any, n: int, size: int) -> tuple[torch.Tensor, list[dict[s
     for i in range(n):
         rec = users[i % len(users)]
         if rec.user not in per_user:
-            per_user[rec.user] = ds.photos_uint8(rec.user)
+            per_user[rec.user] = ds.photos_uint8(rec.user)[:EVAL_PHOTOS]
         k = i // len(users)
         if k >= len(per_user[rec.user]):
             raise FlSimError(f"--images {n}: dataset {ds.spec} has too few photos per user for that many")
@@ -115,7 +117,7 @@ def run_audit(mus: Sequence[float], settings: AuditSettings, *, eps_labels: Sequ
     """
     from attacks.priors import PriorError
     from fl_sim.core.data import open_dataset
-    from fl_sim.core.priors import open_prior
+    from fl_sim.core.priors import open_prior, resolve_prior
 
     validate(mus, settings.images)
     if eps_labels is not None and len(eps_labels) != len(mus):
@@ -124,10 +126,13 @@ def run_audit(mus: Sequence[float], settings: AuditSettings, *, eps_labels: Sequ
     ds = open_dataset(settings.data)
     if prior is None:
         try:
-            prior = open_prior(settings.prior)
+            prior = open_prior(resolve_prior(settings.prior, settings.size or 32))
         except PriorError as exc:
             raise FlSimError(str(exc)) from None
     size = prior.size
+    if settings.size is not None and settings.size != size:
+        raise FlSimError(f"--size {settings.size}: prior {settings.prior!r} is {size}x{size}, and the audit runs at its "
+                         "prior's size (use --prior auto, or a prior of that size)")
     faces = bool(getattr(ds, "faces", True))
     x, attrs, who = audit_targets(ds, settings.images, size)
     gen = torch.Generator().manual_seed(settings.seed)
@@ -137,7 +142,7 @@ def run_audit(mus: Sequence[float], settings: AuditSettings, *, eps_labels: Sequ
     wiener = WienerFilter.fit(calibration_images(open_dataset(cal_spec), size))
 
     meta: dict[str, Any] = {
-        "data": settings.data, "prior": settings.prior, "images": settings.images, "size": size, "seed": settings.seed,
+        "data": settings.data, "prior": resolve_prior(settings.prior, size), "images": settings.images, "size": size, "seed": settings.seed,
         "noise_model": "y = x + N(0, s^2 I), s = ||[x,1]|| / mu (worst case: clipped gradient all in one first-layer row)",
         "privacy": (f"one release of the Gaussian mechanism, exact GDP, delta={settings.delta:g}"
                     if settings.steps == 1 and settings.sample_rate == 1.0 else
