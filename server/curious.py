@@ -245,7 +245,8 @@ class AttackDispatcher:
             self.journal.dispatched(journal, list(ids.values()))
         self._next_id += 1
         job = AttackJob(job_id=self._next_id, round=rnd, observations=obs, targets=targets, methods=run_methods,
-                        attack_configs={m: method_config(m, iterations=a.iterations, seed=self.cfg.seed)
+                        attack_configs={m: method_config(m, self.cfg.data.image_size, seed=self.cfg.seed,
+                                                         **({"iterations": a.iterations} if a.iterations else {}))
                                         for m in run_methods if m in ATTACKS},
                         prior=resolve_prior(a.prior, self.cfg.data.image_size),
                         dataset=self.cfg.data.dataset, image_size=self.cfg.data.image_size,

@@ -159,3 +159,14 @@ def test_diffusion_queries_the_prior_every_kth_iteration_and_repeats_with_its_se
     assert all(torch.equal(r.image, s.image) for r, s in zip(a, b))
     c = run_attack("diffusion", obs, prior, AttackConfig(iterations=12, prior_every=4, lr=0.1, seed=1))
     assert not torch.equal(a[0].image, c[0].image)
+
+
+def test_method_defaults_follow_the_image_size() -> None:
+    from attacks.methods import method_config
+
+    assert method_config("diffusion", 32) == method_config("diffusion") and method_config("diffusion").iterations == 400
+    big = method_config("diffusion", 64)
+    assert (big.iterations, big.prior_every) == (800, 8)
+    assert method_config("ig", 64).iterations == big.iterations  # equal budgets: the cost ratio compares like with like
+    assert method_config("diffusion", 64, iterations=5).iterations == 5  # an explicit value wins
+    assert method_config("diffusion", 48) == method_config("diffusion")  # no measured defaults there: the method's own

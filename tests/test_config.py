@@ -12,8 +12,10 @@ def test_defaults_load():
     # Execute
     cfg = load_config()
 
-    # Assert
-    assert cfg == RunConfig()
+    # Assert: the defaults, with attack.prior=auto settled to the embedded prior at data.image_size
+    expected = RunConfig()
+    expected.attack.prior = "faces32"
+    assert cfg == expected
     assert (cfg.users, cfg.rounds, cfg.protocol, cfg.data.dataset) == (8, 6, "fedavg", "synthfaces")
 
 

@@ -84,7 +84,8 @@ class AttackPolicyConfig:
     rounds: list[int] = _f([], "rounds to attack (empty: see every)")
     every: int = _f(5, "attack every k-th round when 'rounds' is empty (5: rounds 1, 6, 11, ...)", min=1)
     users: str = _f("all", "users to attack: all | half | sample:N (seeded) | comma-separated user ids")
-    iterations: int = _f(400, "optimisation iterations per attack", min=1)
+    iterations: int = _f(0, "optimisation iterations per attack (0: each method's measured default at "
+                            "data.image_size, 400 at 32x32 and 800 at 64x64)", min=0)
     prior: str = _f("auto", lambda: f"diffusion prior: auto (the embedded one at data.image_size) | {_listing('prior')} "
                                      "| diffusers folder | hub id")
     queue_size: int = _f(8, "attack jobs in flight before the queue is full", min=1)

@@ -93,7 +93,7 @@ def bench_attack(*, users: int, batch_sizes: list[int], methods: list[str], roun
     prior_spec = resolve_prior(prior_spec, size)
     prior = open_prior(prior_spec) if "diffusion" in methods else None
     over = {} if iterations is None else {"iterations": iterations}
-    acfgs = {(m, s): method_config(m, seed=s, **over) for m in methods for s in seeds}
+    acfgs = {(m, s): method_config(m, size, seed=s, **over) for m in methods for s in seeds}
     records: dict[tuple[int, int, str, str], list[tuple[str, dict[str, Any]]]] = {}  # (rnd, bs, method, kind)
     seconds: dict[tuple[int, int, str], list[float]] = {}
     label_hits: dict[tuple[int, int, str], list[float]] = {}

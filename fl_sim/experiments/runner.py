@@ -37,7 +37,7 @@ def banner(cfg: RunConfig, asked_task: str) -> list[str]:
     if cfg.attack.enabled:
         attacked = [r for r in range(1, cfg.rounds + 1) if cfg.attacked_round(r)]
         lines.append(f"curious server: {', '.join(cfg.attack.methods)} on users {cfg.attack.users} in rounds "
-                     f"{', '.join(map(str, attacked)) or 'none'} ({cfg.attack.iterations} iterations)")
+                     f"{', '.join(map(str, attacked)) or 'none'} ({cfg.attack.iterations or 'default'} iterations)")
     return lines
 
 
